@@ -1,0 +1,78 @@
+"""dnas search: train a supernet, select by magnitude (and optionally other methods)."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..data import DATASETS
+from ..search import MODES, SearchConfig, get_mode, run_search
+from ..spaces import SPACES
+
+# The embedded default and other file-free datasets get a small supernet that trains in minutes on a CPU.
+SMALL = {"channels": 8, "cells": {"nb201": 1, "darts": 3}, "epochs": 20}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="train a weight-sharing supernet and select an architecture",
+                       description="Train a supernet (bilevel DARTS-family search) into a run directory.")
+    p.add_argument("--space", default="nb201", help=f"search space: {', '.join(SPACES)} (default nb201)")
+    p.add_argument("--dataset", default="digits", help=f"{', '.join(DATASETS)} (default digits, embedded)")
+    p.add_argument("--data-dir", help="dataset folder (default $DNAS_DATA_DIR)")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--channels", type=int, help="initial channels C")
+    p.add_argument("--cells", type=int, help="NB201: cells per stage N; DARTS spaces: total cells (>= 3)")
+    p.add_argument("--subset", type=int, help="use N training images (class-balanced, seeded)")
+    p.add_argument("--resolution", type=int, help="resize images to R x R")
+    p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
+    p.add_argument("--activation", help="mixing-weight activation: softmax (default), sigmoid, crb")
+    p.add_argument("--impl", help="supernet implementation: reference or fast")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="mode option (e.g. schedfreq=10); repeatable")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--force", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.set_defaults(func=_run)
+
+
+def config_from_args(a: argparse.Namespace) -> SearchConfig:
+    from ..errors import DnasError
+    from ..spaces import get_space
+    family = get_space(a.space).family
+    small = a.dataset in ("digits", "synthetic")
+    cfg = SearchConfig(space=a.space, dataset=a.dataset, data_dir=a.data_dir, out=a.out, mode=a.mode, seed=a.seed,
+                       device=a.device)
+    mode = get_mode(a.mode)
+    for k, v in mode.defaults.items():
+        setattr(cfg, k, v)
+    if small:
+        cfg.channels, cfg.cells, cfg.epochs = SMALL["channels"], SMALL["cells"][family], SMALL["epochs"]
+    for name in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "activation", "impl"):
+        v = getattr(a, name)
+        if v is not None:
+            setattr(cfg, name, v)
+    for item in a.option:
+        if "=" not in item:
+            raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
+        k, v = item.split("=", 1)
+        try:
+            cfg.options[k] = json.loads(v)
+        except json.JSONDecodeError:
+            cfg.options[k] = v
+    return cfg
+
+
+def _run(a: argparse.Namespace) -> int:
+    from ..select.run import ground_truth_hook, parse_methods, run_selections
+    cfg = config_from_args(a)
+    methods = parse_methods(a.select)
+    result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook())
+    if methods:
+        result = run_selections(cfg.out, methods, resume=a.resume, quiet=a.quiet)
+    print(json.dumps({"run": cfg.out, "space": result["space"], "genotype": result["genotype"],
+                      "selections": {m: s.get("genotype") for m, s in result.get("selections", {}).items()}}))
+    return 0

@@ -1,0 +1,129 @@
+"""The run directory, the unit of persistence: config.json, metrics.jsonl, checkpoint.pt, result.json.
+
+Every long job (search, selection, training) writes through these helpers so that it checkpoints
+atomically and resumes exactly: checkpoints carry model, optimizers, RNG states and counters.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DnasError
+from .io import append_jsonl, atomic_torch_save, atomic_write_json, read_json, read_jsonl, torch_load
+
+CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None) -> Path:
+    """Create a fresh run directory, or check the one to resume.
+
+    An existing non-empty directory is never touched without ``resume`` (continue it) or ``force``
+    (start over). With ``resume`` the saved config must match the requested one on every key that
+    shapes the run.
+    """
+    run = Path(path)
+    if resume and force:
+        raise DnasError("--resume and --force exclude each other")
+    exists = run.exists() and any(run.iterdir())
+    if resume:
+        if not (run / CONFIG).exists():
+            raise DnasError(f"{run}: nothing to resume (no {CONFIG})")
+        if config is not None:
+            saved = read_json(run / CONFIG)
+            diff = sorted(k for k in config if k in saved and saved[k] != config[k] and k not in _RESUME_FREE)
+            if diff:
+                raise DnasError(f"{run}: --resume with different settings than the saved run: {', '.join(diff)}")
+        return run
+    if exists:
+        if not force:
+            raise DnasError(f"{run} already exists; use --resume to continue it or --force to start over")
+        if run.is_file():
+            raise DnasError(f"{run} is a file, not a run directory")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        atomic_write_json(run / CONFIG, config)
+    return run
+
+
+# Settings that may change between a run and its resumption without changing the result.
+_RESUME_FREE = {"quiet", "device", "out", "resume", "force", "select", "table", "data_dir", "workers"}
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_checkpoint(run: str | Path, state: dict[str, Any], name: str = CHECKPOINT) -> None:
+    atomic_torch_save(Path(run) / name, {**state, "rng": rng_state()})
+
+
+def load_checkpoint(run: str | Path, name: str = CHECKPOINT) -> dict[str, Any]:
+    state = torch_load(Path(run) / name)
+    if not isinstance(state, dict) or "rng" not in state:
+        raise DnasError(f"{Path(run) / name}: not a dnas checkpoint")
+    return state
+
+
+def log_metrics(run: str | Path, record: dict[str, Any], name: str = METRICS) -> None:
+    append_jsonl(Path(run) / name, record)
+
+
+def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name: str = METRICS) -> None:
+    """On resume, drop metric lines written after the checkpoint (an epoch that was cut off)."""
+    path = Path(run) / name
+    if not path.exists():
+        return
+    kept = [r for r in read_jsonl(path) if r.get(key, -1) < keep_until]
+    import json
+    from .io import atomic_write_text
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_result(run: str | Path) -> dict[str, Any]:
+    path = Path(run) / RESULT
+    return read_json(path) if path.exists() else {}
+
+
+def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
+    """Merge fields into result.json (``selections`` is merged per method)."""
+    result = read_result(run)
+    for k, v in fields.items():
+        if k == "selections" and isinstance(v, dict):
+            result.setdefault("selections", {}).update(v)
+        else:
+            result[k] = v
+    atomic_write_json(Path(run) / RESULT, result)
+    return result
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DnasError("--device cuda requested but no CUDA device is available")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise DnasError(f"unknown device {name!r} (use auto, cpu or cuda)")
+    return torch.device(name)

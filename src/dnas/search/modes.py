@@ -1,0 +1,45 @@
+"""Search modes: each is a choice of pieces plus the hyper-parameter defaults of its paper.
+
+Add a mode by calling ``register_mode``; ``dnas search --mode NAME`` picks it up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..errors import DnasError
+from .config import SearchConfig
+from .pieces import EveryStep, FirstOrder, Never, NoArchUpdate, SecondOrder
+from .trainer import Recipe
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    build: Callable[[SearchConfig], Recipe]
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)  # config fields the mode changes unless the user set them
+    trains_alpha: bool = True
+
+
+MODES: dict[str, Mode] = {}
+
+
+def register_mode(mode: Mode) -> Mode:
+    MODES[mode.name] = mode
+    return mode
+
+
+def get_mode(name: str) -> Mode:
+    try:
+        return MODES[name]
+    except KeyError:
+        raise DnasError(f"unknown mode {name!r} (known: {', '.join(MODES)})") from None
+
+
+register_mode(Mode("darts1", lambda c: Recipe(FirstOrder(), EveryStep()),
+                   "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
+register_mode(Mode("darts2", lambda c: Recipe(SecondOrder(), EveryStep()),
+                   "DARTS second order (unrolled w, finite-difference Hessian-vector product)"))
+register_mode(Mode("fixed", lambda c: Recipe(NoArchUpdate(), Never()),
+                   "α frozen at its 1e-3·N(0,1) init (DARTS-PT's 'fix α' / blank supernet)", trains_alpha=False))

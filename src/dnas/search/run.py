@@ -1,0 +1,142 @@
+"""Search workflow: a run directory in, a trained supernet and its selections out. Resumable per epoch."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
+from ..errors import DnasError
+from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
+                      save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+from ..select import Selection, select_magnitude
+from ..spaces import Space, get_space
+from ..supernet import build_supernet
+from .config import SearchConfig
+from .modes import get_mode
+from .trainer import Searcher
+
+# Called after a selection is written, e.g. to add NAS-Bench-201 ground truth (set by dnas.bench when present).
+SelectionHook = Callable[[Space, Selection], dict[str, Any]]
+
+
+@dataclass
+class SearchRun:
+    """Everything a search (or a selector working on its supernet) needs, rebuilt from a config."""
+
+    config: SearchConfig
+    space: Space
+    model: nn.Module
+    train: BatchLoader        # w-train half, augmented
+    valid: BatchLoader        # α half, augmented (DARTS uses the train transform on both halves)
+    valid_eval: BatchLoader   # α half, fixed order, no augmentation: for accuracy measurements
+    device: torch.device
+    dataset: ImageDataset
+
+    def searcher(self, config: SearchConfig | None = None, quiet: bool = False) -> Searcher:
+        cfg = config or self.config
+        return Searcher(self.model, cfg, get_mode(cfg.mode).build(cfg), self.train, self.valid, self.device, quiet)
+
+
+def build_run(config: SearchConfig) -> SearchRun:
+    """Data, splits, loaders and a freshly initialised supernet, all seeded by ``config.seed``."""
+    config.check()
+    space = get_space(config.space)
+    get_mode(config.mode)
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    data = load_dataset(config.dataset, "train", data_dir=config.data_dir, resolution=config.resolution,
+                        subset=config.subset, seed=config.seed)
+    n_train, n_valid = (len(i) for i in split_indices(len(data), config.train_portion))
+    if n_train < 1 or n_valid < 1:
+        raise DnasError(f"{config.dataset}: {len(data)} images cannot be split {config.train_portion:g}/"
+                        f"{1 - config.train_portion:g}")
+    tr_idx, va_idx = split_indices(len(data), config.train_portion)
+    bs = config.batch_size
+    train = BatchLoader(data, tr_idx, bs, augment=True, seed=config.seed, stream=0, device=device)
+    valid = BatchLoader(data, va_idx, bs, augment=True, seed=config.seed, stream=1, device=device)
+    valid_eval = BatchLoader(data, va_idx, max(bs, 256), augment=False, shuffle=False, seed=config.seed,
+                             stream=2, device=device)
+    seed_everything(config.seed)  # model init does not depend on how much randomness data loading used
+    model = build_supernet(space, channels=config.channels, cells=config.cells, num_classes=data.num_classes,
+                           in_channels=data.channels, activation=config.activation, impl=config.impl).to(device)
+    return SearchRun(config, space, model, train, valid, valid_eval, device, data)
+
+
+def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = CHECKPOINT) -> SearchRun:
+    """Rebuild a finished (or interrupted) search's supernet with its trained weights and α."""
+    run_dir = Path(run_dir)
+    cfg_dict = read_json(run_dir / "config.json")
+    if device is not None:
+        cfg_dict["device"] = device
+    config = SearchConfig.from_json(cfg_dict)
+    run = build_run(config)
+    state = load_checkpoint(run_dir, checkpoint)
+    run.model.load_state_dict(state["searcher"]["model"])
+    return run
+
+
+def alpha_snapshot(model: nn.Module) -> dict[str, list[list[float]]]:
+    with torch.no_grad():
+        return {ct: [[round(v, 6) for v in row] for row in model.arch.base_weights(ct).cpu().tolist()]
+                for ct in model.arch.cell_types}
+
+
+def run_search(config: SearchConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
+               on_selection: SelectionHook | None = None) -> dict[str, Any]:
+    """Train a supernet in ``config.out`` and select by magnitude. Returns result.json's content."""
+    if not config.out:
+        raise DnasError("an output run directory is required (--out RUN)")
+    config.check()
+    get_space(config.space)
+    get_mode(config.mode)
+    out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
+    try:
+        run = build_run(config)
+    except DnasError:
+        if not resume:  # leave nothing behind for a run that could not even start
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    searcher = run.searcher(quiet=quiet)
+    if resume and (out / CHECKPOINT).exists():
+        state = load_checkpoint(out)
+        searcher.load_state_dict(state["searcher"])
+        set_rng_state(state["rng"])
+        truncate_metrics(out, searcher.epoch)
+    elif resume:
+        truncate_metrics(out, 0)
+    for epoch in range(searcher.epoch, config.epochs):
+        m = searcher.train_epoch(epoch)
+        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+            v = searcher.evaluate(run.valid_eval)
+            m.update(valid_loss=v["loss"], valid_acc=v["acc"])
+        genotype = select_magnitude(run.model.arch).genotype
+        log_metrics(out, {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)})
+        save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
+        if not quiet:
+            acc = f" valid_acc={m['valid_acc']:.4f}" if "valid_acc" in m else ""
+            print(f"epoch {epoch + 1}/{config.epochs} train_acc={m['train_acc']:.4f}{acc} "
+                  f"({m['seconds']:.1f}s) {genotype}", flush=True)
+    sel = select_magnitude(run.model.arch)
+    entry = sel.to_json()
+    if on_selection is not None:
+        entry.update(on_selection(run.space, sel))
+    from ..io import atomic_write_json
+    atomic_write_json(out / "selections" / "magnitude.json", entry)
+    last = _last_metrics(out)
+    return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
+                         genotype=str(sel.genotype), final=last, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                         selections={"magnitude": {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+
+
+def _last_metrics(out: Path) -> dict[str, Any]:
+    from ..io import read_jsonl
+    rows = list(read_jsonl(out / "metrics.jsonl"))
+    if not rows:
+        return {}
+    return {k: v for k, v in rows[-1].items() if k not in ("alpha", "genotype")}

@@ -1,0 +1,172 @@
+"""The bilevel search loop: per mini-batch an α step on a valid batch (when the schedule says so),
+then a w step on a train batch. One loop for every mode; the mode only picks the pieces."""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..data import BatchLoader
+from ..supernet import weight_parameters
+from .config import SearchConfig
+from .pieces import ArchSchedule, ArchUpdate, Batch, Regulariser, WeightOverride
+
+
+@dataclass
+class Recipe:
+    """One piece per slot (see ``pieces.py``)."""
+
+    arch_update: ArchUpdate
+    schedule: ArchSchedule
+    override: WeightOverride = field(default_factory=WeightOverride)
+    regularisers: list[Regulariser] = field(default_factory=list)
+
+    def pieces(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"arch_update": self.arch_update, "schedule": self.schedule, "override": self.override}
+        out.update({f"reg{i}": r for i, r in enumerate(self.regularisers)})
+        return out
+
+
+def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
+    """CosineAnnealingLR stepped once per epoch, as the DARTS code does."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+class Searcher:
+    """Trains a supernet's w and α. Owns the optimisers; stateless apart from ``state_dict``."""
+
+    def __init__(self, model: nn.Module, config: SearchConfig, recipe: Recipe, train: BatchLoader,
+                 valid: BatchLoader, device: torch.device, quiet: bool = False):
+        self.model, self.config, self.recipe = model, config, recipe
+        self.train_loader, self.valid_loader = train, valid
+        self.device, self.quiet = device, quiet
+        self.w_params = weight_parameters(model)
+        self.a_params = list(model.arch.parameters())
+        self.w_opt = torch.optim.SGD(self.w_params, lr=config.w_lr, momentum=config.w_momentum,
+                                     nesterov=config.w_nesterov, weight_decay=config.w_wd)
+        self.a_opt = torch.optim.Adam(self.a_params, lr=config.arch_lr, betas=config.arch_betas,
+                                      weight_decay=config.arch_wd)
+        self.generator = torch.Generator().manual_seed(config.seed + 7919)  # SPOS samples, SDARTS noise
+        self.epoch = 0           # epochs completed
+        self.total_epochs = config.epochs
+        self.step = 0            # w steps done, over the whole run
+        self.arch_steps = 0
+        self.current_lr = config.w_lr
+        self.progress = 0.0      # fractional epoch / total epochs, for schedules that ramp
+
+    # -- losses ------------------------------------------------------------------------------------
+    def w_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.model(x), y)
+
+    def arch_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(self.model(x), y)
+        for reg in self.recipe.regularisers:
+            extra = reg.loss(self)
+            if extra is not None:
+                loss = loss + extra
+        return loss
+
+    # -- steps -------------------------------------------------------------------------------------
+    def arch_step(self, train_batch: Batch, valid_batch: Batch) -> float:
+        self.a_opt.zero_grad(set_to_none=True)
+        self.w_opt.zero_grad(set_to_none=True)
+        loss = self.recipe.arch_update.backward(self, train_batch, valid_batch)
+        self.a_opt.step()
+        self.w_opt.zero_grad(set_to_none=True)  # w grads from the α pass must not leak into the w step
+        for reg in self.recipe.regularisers:
+            reg.after_arch_step(self)
+        self.arch_steps += 1
+        return loss
+
+    def w_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
+        self.w_opt.zero_grad(set_to_none=True)
+        override = self.recipe.override.weights(self)
+        if override is not None:
+            with self.model.arch.overriding(override):
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        loss.backward()
+        for a in self.a_params:  # α is not trained by the w step
+            a.grad = None
+        if self.recipe.schedule.needs_fisher:
+            fi = sum(float((p.grad.detach() ** 2).sum()) for p in self.w_params if p.grad is not None)
+            self.recipe.schedule.observe_fisher(fi)
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.w_params, self.config.grad_clip)
+        self.w_opt.step()
+        return float(loss.detach()), int((logits.argmax(1) == y).sum())
+
+    def _valid_stream(self, epoch: int) -> Iterator[Batch]:
+        # The α batches of epoch e come from valid epochs e*K, e*K+1, ... so a resumed run sees the same ones.
+        k = 1 + len(self.train_loader) // max(1, len(self.valid_loader))
+        return itertools.chain.from_iterable(self.valid_loader.epoch(epoch * k + r) for r in range(k + 1))
+
+    def train_epoch(self, epoch: int, lr: float | None = None, desc: str = "search") -> dict[str, float]:
+        """One pass over the w-train split; returns the epoch's metrics."""
+        cfg = self.config
+        self.current_lr = cosine_lr(epoch, self.total_epochs, cfg.w_lr, cfg.w_lr_min) if lr is None else lr
+        for g in self.w_opt.param_groups:
+            g["lr"] = self.current_lr
+        self.model.train()
+        valid = self._valid_stream(epoch)
+        n = len(self.train_loader)
+        loss_sum = correct = seen = 0.0
+        arch_loss_sum, arch_count = 0.0, 0
+        t0 = time.time()
+        bar = tqdm(self.train_loader.epoch(epoch), total=n, desc=f"{desc} epoch {epoch + 1}/{self.total_epochs}",
+                   disable=self.quiet, leave=False)
+        for i, (x, y) in enumerate(bar):
+            self.progress = (epoch + i / n) / self.total_epochs
+            if self.recipe.schedule.should_step(self):
+                vx, vy = next(valid)
+                arch_loss_sum += self.arch_step((x, y), (vx, vy))
+                arch_count += 1
+            loss, c = self.w_step(x, y)
+            self.step += 1
+            loss_sum += loss * len(y)
+            correct += c
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        self.epoch = epoch + 1
+        return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "arch_loss": arch_loss_sum / arch_count if arch_count else None, "arch_steps_epoch": arch_count,
+                "arch_steps": self.arch_steps, "lr": self.current_lr, "seconds": time.time() - t0}
+
+    @torch.no_grad()
+    def evaluate(self, loader: BatchLoader, epoch: int = 0, train_mode: bool = False) -> dict[str, float]:
+        """Loss and accuracy over a whole split (BN in eval mode unless ``train_mode``)."""
+        self.model.train(train_mode)
+        loss_sum = correct = seen = 0.0
+        for x, y in loader.epoch(epoch):
+            logits = self.model(x)
+            loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+        self.model.train()
+        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+
+    # -- persistence -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "w_opt": self.w_opt.state_dict(), "a_opt": self.a_opt.state_dict(),
+                "generator": self.generator.get_state(), "epoch": self.epoch, "step": self.step,
+                "arch_steps": self.arch_steps,
+                "pieces": {k: p.state_dict() for k, p in self.recipe.pieces().items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.w_opt.load_state_dict(state["w_opt"])
+        self.a_opt.load_state_dict(state["a_opt"])
+        self.generator.set_state(state["generator"])
+        self.epoch, self.step, self.arch_steps = state["epoch"], state["step"], state["arch_steps"]
+        for k, p in self.recipe.pieces().items():
+            p.load_state_dict(state["pieces"].get(k, {}))

@@ -1,0 +1,142 @@
+"""Running selectors on a search run directory: RUN/selections/<method>.json and result.json's ``selections``.
+
+Methods register here with ``register_method``. A selector is called as ``fn(run, ctx) -> Selection``
+where ``run`` is the rebuilt supernet (``dnas.search.SearchRun``, or None for training-free methods
+given no run) and ``ctx`` carries options, progress settings and a per-method checkpoint for
+progressive methods that must resume after an interruption.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DnasError
+from ..io import atomic_torch_save, atomic_write_json, torch_load
+from ..rundir import update_result
+from ..spaces import Space
+from .base import Selection
+from .magnitude import select_magnitude
+
+
+@dataclass
+class SelectionContext:
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+    resume: bool = False
+    quiet: bool = False
+
+    @property
+    def _ckpt(self) -> Path | None:
+        return None if self.run_dir is None else self.run_dir / "selections" / f"{self.method}.ckpt.pt"
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Checkpoint a progressive selector (after each decision)."""
+        if self._ckpt is not None:
+            from ..rundir import rng_state
+            atomic_torch_save(self._ckpt, {**state, "rng": rng_state()})
+
+    def load_state(self) -> dict[str, Any] | None:
+        """The saved state when resuming, else None (and RNG restored with it)."""
+        if not self.resume or self._ckpt is None or not self._ckpt.exists():
+            return None
+        state = torch_load(self._ckpt)
+        from ..rundir import set_rng_state
+        set_rng_state(state["rng"])
+        return state
+
+    def clear_state(self) -> None:
+        if self._ckpt is not None and self._ckpt.exists():
+            self._ckpt.unlink()
+
+
+Selector = Callable[[Any, SelectionContext], Selection]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: Selector
+    needs_run: bool = True
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {}
+# Modules that register further methods when imported (kept lazy so the core imports fast).
+_METHOD_MODULES = ("pt", "ostr", "zeros")
+
+
+def register_method(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+register_method(Method("magnitude", lambda run, ctx: select_magnitude(run.model.arch),
+                       description="argmax of the mixing weights (DARTS)"))
+
+
+def _load_methods() -> None:
+    for mod in _METHOD_MODULES:
+        name = f"{__package__}.{mod}"
+        if importlib.util.find_spec(name) is not None:
+            importlib.import_module(name)
+
+
+def get_method(name: str) -> Method:
+    _load_methods()
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise DnasError(f"unknown selection method {name!r} (known: {', '.join(METHODS)})") from None
+
+
+def parse_methods(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    for n in names:
+        get_method(n)
+    return names
+
+
+def ground_truth_hook() -> Callable[[Space, Selection], dict[str, Any]] | None:
+    """NAS-Bench-201 ground truth for NB201 selections, when a table is configured ($DNAS_NB201_TABLE)."""
+    try:
+        from ..bench import lookup_nb201
+    except ImportError:
+        return None
+
+    def hook(space: Space, sel: Selection) -> dict[str, Any]:
+        if space.family != "nb201":
+            return {}
+        row = lookup_nb201(sel.genotype)
+        return {"ground_truth": row} if row else {}
+
+    return hook
+
+
+def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] | None = None, resume: bool = False,
+                  quiet: bool = False, device: str | None = None) -> dict[str, Any]:
+    """Run one selector on a search run; writes selections/<method>.json and updates result.json."""
+    from ..search import open_run
+    m = get_method(method)
+    run_dir = Path(run_dir)
+    run = open_run(run_dir, device=device)
+    ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet)
+    sel = m.fn(run, ctx)
+    entry = sel.to_json()
+    hook = ground_truth_hook()
+    if hook is not None:
+        entry.update(hook(run.space, sel))
+    atomic_write_json(run_dir / "selections" / f"{method}.json", entry)
+    ctx.clear_state()
+    update_result(run_dir, selections={method: {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+    return entry
+
+
+def run_selections(run_dir: str | Path, methods: list[str], *, resume: bool = False, quiet: bool = False,
+                   options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    from ..rundir import read_result
+    for method in methods:
+        run_selection(run_dir, method, options=(options or {}).get(method), resume=resume, quiet=quiet)
+    return read_result(run_dir)

@@ -1,0 +1,157 @@
+"""Candidate operations of the NAS-Bench-201 and DARTS spaces, built by name.
+
+The same constructors serve the supernet (``affine=False`` BN, as in the search code of both papers)
+and the stand-alone networks (``affine=True``). Every op maps (N, C, H, W) to (N, C, H/stride, W/stride).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from ..errors import DnasError
+
+
+class ReLUConvBN(nn.Sequential):
+    """ReLU -> Conv -> BN (NB201's ``nor_conv``; DARTS's 1x1 input preprocessing)."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int,
+                 dilation: int = 1, affine: bool = True, track_running_stats: bool = True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine, track_running_stats=track_running_stats),
+        )
+
+
+class DilConv(nn.Sequential):
+    """ReLU -> depthwise k x k (dilated) -> pointwise 1x1 -> BN."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, dilation: int,
+                 affine: bool = True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(c_in, c_in, kernel, stride, padding, dilation=dilation, groups=c_in, bias=False),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out, affine=affine),
+        )
+
+
+class SepConv(nn.Sequential):
+    """Two stacked DilConv blocks with dilation 1; only the first is strided."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int, affine: bool = True):
+        super().__init__(
+            DilConv(c_in, c_in, kernel, stride, padding, 1, affine),
+            DilConv(c_in, c_out, kernel, 1, padding, 1, affine),
+        )
+
+
+class Identity(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class Zero(nn.Module):
+    """The ``none`` op. Mixed ops never call it (its contribution is exactly 0); kept for stand-alone nets."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return x.mul(0.0)
+        return x[:, :, :: self.stride, :: self.stride].mul(0.0)
+
+
+class Noise(nn.Module):
+    """RobustDARTS S4 ``noise`` op: N(0, 1) noise of the (strided) input's shape, independent of the input."""
+
+    def __init__(self, stride: int, mean: float = 0.0, std: float = 1.0):
+        super().__init__()
+        self.stride, self.mean, self.std = stride, mean, std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return torch.randn_like(x).mul_(self.std).add_(self.mean)
+
+
+class FactorizedReduce(nn.Module):
+    """Stride-2 'skip': two 1x1 stride-2 convs on offset grids, concatenated, then BN (DARTS)."""
+
+    def __init__(self, c_in: int, c_out: int, affine: bool = True):
+        super().__init__()
+        if c_out % 2:
+            raise DnasError(f"FactorizedReduce needs an even channel count, got {c_out}")
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.conv_2 = nn.Conv2d(c_in, c_out // 2, 1, stride=2, bias=False)
+        self.bn = nn.BatchNorm2d(c_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
+
+
+class PoolBN(nn.Sequential):
+    """DARTS supernet pooling: pool followed by a non-affine BN (keeps the op's scale comparable)."""
+
+    def __init__(self, kind: str, c: int, stride: int, affine: bool):
+        pool = (nn.MaxPool2d(3, stride, 1) if kind == "max"
+                else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+        super().__init__(pool, nn.BatchNorm2d(c, affine=affine))
+
+
+def _pool(kind: str, c: int, stride: int) -> nn.Module:
+    return (nn.MaxPool2d(3, stride, 1) if kind == "max"
+            else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+
+
+# -- NAS-Bench-201 ----------------------------------------------------------------------------------
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+def build_nb201_op(name: str, c: int, affine: bool, track_running_stats: bool = True) -> nn.Module:
+    """NB201 cell op (stride 1, C -> C). In NB201 the pool inside a cell has no BN."""
+    if name == "none":
+        return Zero(1)
+    if name == "skip_connect":
+        return Identity()
+    if name == "nor_conv_1x1":
+        return ReLUConvBN(c, c, 1, 1, 0, affine=affine, track_running_stats=track_running_stats)
+    if name == "nor_conv_3x3":
+        return ReLUConvBN(c, c, 3, 1, 1, affine=affine, track_running_stats=track_running_stats)
+    if name == "avg_pool_3x3":
+        return _pool("avg", c, 1)
+    raise DnasError(f"unknown NB201 op {name!r} (known: {', '.join(NB201_OPS)})")
+
+
+# -- DARTS / RobustDARTS ----------------------------------------------------------------------------
+DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5")
+DARTS_EXTRA_OPS = ("noise",)
+
+_DARTS_BUILDERS: dict[str, Callable[[int, int, bool], nn.Module]] = {
+    "none": lambda c, s, a: Zero(s),
+    "noise": lambda c, s, a: Noise(s),
+    "skip_connect": lambda c, s, a: Identity() if s == 1 else FactorizedReduce(c, c, a),
+    "sep_conv_3x3": lambda c, s, a: SepConv(c, c, 3, s, 1, a),
+    "sep_conv_5x5": lambda c, s, a: SepConv(c, c, 5, s, 2, a),
+    "dil_conv_3x3": lambda c, s, a: DilConv(c, c, 3, s, 2, 2, a),
+    "dil_conv_5x5": lambda c, s, a: DilConv(c, c, 5, s, 4, 2, a),
+}
+
+
+def build_darts_op(name: str, c: int, stride: int, affine: bool, pool_bn: bool) -> nn.Module:
+    """DARTS op on C channels. ``pool_bn``: the supernet follows pools with BN(affine=False); evaluation nets do not."""
+    if name in ("max_pool_3x3", "avg_pool_3x3"):
+        kind = name[:3]
+        return PoolBN(kind, c, stride, affine=False) if pool_bn else _pool(kind, c, stride)
+    try:
+        return _DARTS_BUILDERS[name](c, stride, affine)
+    except KeyError:
+        known = ", ".join(DARTS_OPS + DARTS_EXTRA_OPS)
+        raise DnasError(f"unknown DARTS op {name!r} (known: {known})") from None

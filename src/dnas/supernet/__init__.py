@@ -1,0 +1,53 @@
+"""Weight-sharing supernets: ``ArchState`` -> mixing weights -> mixed ops -> cells -> macro networks."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..errors import DnasError
+from ..spaces import Space
+from .arch_state import ACTIVATIONS, ArchState
+from .darts import DartsSupernet
+from .nb201 import Nb201Network, Nb201Supernet
+
+DEFAULT_CELLS = {"nb201": 5, "darts": 8}
+
+
+def build_supernet(space: Space, *, channels: int = 16, cells: int | None = None, num_classes: int = 10,
+                   in_channels: int = 3, activation: str = "softmax", arch: ArchState | None = None,
+                   impl: str = "reference") -> nn.Module:
+    """Build the search supernet of ``space``.
+
+    ``cells`` follows each space's convention: NB201's N (cells per stage, 3 stages); the DARTS spaces'
+    total layer count (reduction cells at L//3 and 2L//3).
+    """
+    if channels < 1 or num_classes < 2:
+        raise DnasError(f"impossible supernet size: channels={channels}, classes={num_classes}")
+    cells = DEFAULT_CELLS[space.family] if cells is None else cells
+    if cells < 1:
+        raise DnasError(f"--cells must be >= 1, got {cells}")
+    if space.family == "darts" and channels % 2:
+        raise DnasError(f"DARTS-space supernets need an even channel count (FactorizedReduce), got {channels}")
+    arch = arch or ArchState(space, activation)
+    if impl not in IMPLS:
+        raise DnasError(f"unknown supernet implementation {impl!r} (known: {', '.join(IMPLS)})")
+    return IMPLS[impl](space, arch, channels, cells, num_classes, in_channels)
+
+
+def _reference(space: Space, arch: ArchState, channels: int, cells: int, num_classes: int,
+               in_channels: int) -> nn.Module:
+    if space.family == "nb201":
+        return Nb201Supernet(arch, channels, cells, num_classes, in_channels)
+    return DartsSupernet(arch, channels, cells, num_classes, in_channels)
+
+
+IMPLS = {"reference": _reference}
+
+
+def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The network weights w (everything except α)."""
+    arch_ids = {id(p) for p in model.arch.parameters()}
+    return [p for p in model.parameters() if id(p) not in arch_ids]
+
+
+__all__ = ["ACTIVATIONS", "ArchState", "DEFAULT_CELLS", "DartsSupernet", "IMPLS", "Nb201Network", "Nb201Supernet",
+           "build_supernet", "weight_parameters"]
