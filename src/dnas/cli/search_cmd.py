@@ -63,6 +63,8 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
             cfg.options[k] = json.loads(v)
         except json.JSONDecodeError:
             cfg.options[k] = v
+    if mode.configure is not None:
+        mode.configure(cfg)
     return cfg
 
 

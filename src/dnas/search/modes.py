@@ -20,6 +20,8 @@ class Mode:
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)  # config fields the mode changes unless the user set them
     trains_alpha: bool = True
+    # adjusts config fields from config.options once the CLI has applied defaults and options (e.g. a split)
+    configure: Callable[[SearchConfig], None] | None = None
 
 
 MODES: dict[str, Mode] = {}
@@ -39,7 +41,9 @@ def get_mode(name: str) -> Mode:
 
 register_mode(Mode("darts1", lambda c: Recipe(FirstOrder(), EveryStep()),
                    "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
-register_mode(Mode("darts2", lambda c: Recipe(SecondOrder(), EveryStep()),
-                   "DARTS second order (unrolled w, finite-difference Hessian-vector product)"))
+register_mode(Mode("darts2", lambda c: Recipe(SecondOrder(float(c.options.get("fd_r", 0.01))), EveryStep()),
+                   "DARTS second order (unrolled w, finite-difference Hessian-vector product; option fd_r=0.01)"))
 register_mode(Mode("fixed", lambda c: Recipe(NoArchUpdate(), Never()),
                    "α frozen at its 1e-3·N(0,1) init (DARTS-PT's 'fix α' / blank supernet)", trains_alpha=False))
+
+from . import variants  # noqa: E402,F401  (registers sdarts-rs, spos, prime)

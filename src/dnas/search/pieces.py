@@ -59,6 +59,11 @@ class SecondOrder(ArchUpdate):
     the DARTS code does), then g_α = ∇_α L_val(w', α) - ξ[∇_α L_train(w⁺, α) - ∇_α L_train(w⁻, α)] / 2ε,
     w± = w ± ε∇_{w'} L_val(w', α), ε = 0.01 / ‖∇_{w'} L_val(w', α)‖. ξ is the current w learning rate.
     No model copy: w is swapped in place and restored, BN running statistics included.
+
+    ``r`` (0.01 in the DARTS code) sets the finite-difference step. On ReLU networks the gradient is only
+    piecewise smooth: a step that crosses activation kinks makes the difference quotient differ from the
+    exact Hessian-vector product by O(1) on tiny nets (measured: 2.9x relative error at r=0.01, 6e-10 at
+    r=1e-5, float64, C=2). The default keeps DARTS's value; tests check the formula at small r.
     """
 
     name = "second-order"
@@ -108,7 +113,7 @@ class SecondOrder(ArchUpdate):
             for a, ga, gp, gm in zip(alphas, g_alpha, g_plus, g_minus):
                 g = ga - xi * (gp - gm) / (2 * eps)
                 a.grad = g if a.grad is None else a.grad + g
-        return float(loss_val)
+        return float(loss_val.detach())
 
 
 # -- when to step α --------------------------------------------------------------------------------

@@ -1,0 +1,179 @@
+"""DARTS-PRIME (method spec §8.1; code k8lion/DARTS-PRIME ``train_scheduled_hard_statebn.py``).
+
+- Dynamic informed schedule: after each w backward (before clipping) FI = Σ‖∂L/∂w‖², smoothed by an
+  EWMA (0.2). At the start of each mini-batch an α step happens when 0 < FI_ewma < thr, and then
+  thr ← thr·1.05^(−schedfreq); otherwise thr ← thr·1.05. thr starts at 1. Without ``prime_dynamic``
+  an α step happens every ``schedfreq`` w steps (counted over the run; the code restarts the count
+  each epoch, which differs only when an epoch's batch count is not a multiple of schedfreq).
+- Dynamic split: w trains on 1 − 1/(1+schedfreq) of the training set (10/11), α on the rest.
+- Proximity: the α loss gains (t/T)·(ρ/2)·‖act(α) − D(act(α))‖_F per cell type, t/T the fractional
+  epoch over the total, D the space's standard discretisation as a detached 0/1 mask (DARTS: best
+  non-``none`` op per edge, top-2 edges per node; NB201: argmax per edge). ρ = 0.1.
+- ADMM (kept from the first version): the α loss gains (ρ/2)·‖(act(α) − Z + U)⊙mask‖_F; every
+  ``admm_freq`` α steps Z ← D(act(α) + U), U ← (U + act(α) − Z)⊙mask. Written in activation space (the
+  scaled-dual ADMM form); for ``crb``, the code's activation, it is the code's update. Z starts at act(α),
+  U at 0. The code's counter fires every admm_freq − 1 α steps (``(counter + 1) % freq``); we use admm_freq.
+- ``crb`` activation: ops whose α drops to <= 0 are masked for good (``CrbPrune``), with any mode.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import torch
+
+from ..spaces import Space
+from .config import SearchConfig
+from .modes import Mode, register_mode
+from .pieces import ArchSchedule, FirstOrder, Regulariser
+from .trainer import Recipe
+from .variants import activation_pieces, opt_bool, opt_choice, opt_float, opt_int
+
+if TYPE_CHECKING:
+    from .trainer import Searcher
+
+REGS = ("prox", "admm", "none")
+
+
+class PrimeSchedule(ArchSchedule):
+    """When to step α: the FI threshold rule (``dynamic``) or every ``schedfreq`` w steps."""
+
+    name = "prime"
+
+    def __init__(self, schedfreq: float = 10.0, dynamic: bool = True, ewma: float = 0.2, threshold: float = 1.0,
+                 multiplier: float = 1.05):
+        self.schedfreq, self.dynamic, self.ewma_weight = schedfreq, dynamic, ewma
+        self.multiplier = multiplier
+        self.divider = multiplier ** (-schedfreq)
+        self.needs_fisher = dynamic
+        self.threshold = threshold
+        self.fi_ewma = -1.0  # the code's "no FI yet" value: fails the 0 < FI_ewma test
+
+    def observe_fisher(self, fi: float) -> None:
+        self.fi_ewma = fi if self.fi_ewma == -1.0 else self.ewma_weight * fi + (1 - self.ewma_weight) * self.fi_ewma
+
+    def decide(self, step: int) -> bool:
+        """One decision at the start of a mini-batch; ``step`` = w steps done so far."""
+        if not self.dynamic:
+            return step % int(self.schedfreq) == 0
+        if 0.0 < self.fi_ewma < self.threshold:
+            self.threshold *= self.divider
+            return True
+        self.threshold *= self.multiplier
+        return False
+
+    def should_step(self, s: "Searcher") -> bool:
+        return self.decide(s.step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "fi_ewma": self.fi_ewma}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.threshold = state.get("threshold", self.threshold)
+        self.fi_ewma = state.get("fi_ewma", self.fi_ewma)
+
+
+def discretization_mask(space: Space, acts: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """D(·): the space's standard discretisation of these scores as a 0/1 matrix per cell type (no grad)."""
+    genotype = space.discretize({ct: a.detach().float().cpu() for ct, a in acts.items()})
+    masks = space.genotype_mask(genotype)
+    return {ct: masks[ct].to(device=a.device, dtype=a.dtype) for ct, a in acts.items()}
+
+
+class Proximity(Regulariser):
+    """(t/T)·(ρ/2)·Σ_cell types ‖act(α) − D(act(α))‖_F (Frobenius norm, not squared)."""
+
+    name = "prox"
+
+    def __init__(self, rho: float = 0.1):
+        self.rho = rho
+
+    def term(self, arch: Any) -> torch.Tensor:
+        """Σ ‖act(α) − D(act(α))‖_F without the ramp."""
+        acts = {ct: arch.activated(ct) for ct in arch.cell_types}
+        d = discretization_mask(arch.space, acts)
+        return sum(torch.linalg.norm(acts[ct] - d[ct]) for ct in acts)
+
+    def loss(self, s: "Searcher") -> torch.Tensor:
+        return s.progress * self.rho / 2 * self.term(s.model.arch)
+
+
+class Admm(Regulariser):
+    """ADMM toward a discrete architecture: a penalty on act(α) − Z + U, with Z, U updated every ``freq`` α steps."""
+
+    name = "admm"
+
+    def __init__(self, rho: float = 0.1, freq: int = 10):
+        self.rho, self.freq = rho, freq
+        self.z: dict[str, torch.Tensor] | None = None
+        self.u: dict[str, torch.Tensor] | None = None
+        self.count = 0
+
+    def _start(self, arch: Any) -> None:
+        if self.z is None or self.u is None:
+            self.z = {ct: arch.activated(ct).detach().clone() for ct in arch.cell_types}
+            self.u = {ct: torch.zeros_like(z) for ct, z in self.z.items()}
+
+    def loss(self, s: "Searcher") -> torch.Tensor:
+        arch = s.model.arch
+        self._start(arch)
+        assert self.z is not None and self.u is not None
+        total = 0.0
+        for ct in arch.cell_types:
+            a = arch.activated(ct)
+            total = total + torch.linalg.norm((a - self.z[ct].to(a) + self.u[ct].to(a)) * arch.mask(ct))
+        return self.rho / 2 * total
+
+    @torch.no_grad()
+    def after_arch_step(self, s: "Searcher") -> None:
+        arch = s.model.arch
+        self._start(arch)
+        self.count += 1
+        if self.count % self.freq == 0:
+            self.update(arch)
+
+    @torch.no_grad()
+    def update(self, arch: Any) -> None:
+        assert self.z is not None and self.u is not None
+        acts = {ct: arch.activated(ct).detach() for ct in arch.cell_types}
+        self.z = discretization_mask(arch.space, {ct: acts[ct] + self.u[ct].to(acts[ct]) for ct in acts})
+        self.u = {ct: (self.u[ct].to(acts[ct]) + acts[ct] - self.z[ct]) * arch.mask(ct) for ct in acts}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"z": self.z, "u": self.u, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.z, self.u, self.count = state.get("z"), state.get("u"), state.get("count", 0)
+
+
+def prime_schedfreq(options: Mapping[str, Any]) -> float:
+    return opt_float(options, "schedfreq", 10.0, lo=1.0)
+
+
+def configure_prime(config: SearchConfig) -> None:
+    """Dynamic split (option ``prime_split``, on by default): train_portion = 1 − 1/(1 + schedfreq)."""
+    if opt_bool(config.options, "prime_split", True):
+        config.train_portion = 1.0 - 1.0 / (1.0 + prime_schedfreq(config.options))
+
+
+def build_prime(config: SearchConfig) -> Recipe:
+    o = config.options
+    freq = prime_schedfreq(o)
+    dynamic = opt_bool(o, "prime_dynamic", True)
+    if not dynamic:
+        freq = float(opt_int(o, "schedfreq", 10))  # an α step every k w steps needs a whole k
+    schedule = PrimeSchedule(freq, dynamic, ewma=opt_float(o, "ewma", 0.2, lo=0.0, hi=1.0),
+                             threshold=opt_float(o, "threshold", 1.0, lo=0.0))
+    reg = opt_choice(o, "reg", "prox", REGS)
+    rho = opt_float(o, "rho", 0.1, lo=0.0)
+    regs: list[Regulariser] = []
+    if reg == "prox":
+        regs.append(Proximity(rho))
+    elif reg == "admm":
+        regs.append(Admm(rho, opt_int(o, "admm_freq", 10)))
+    return Recipe(FirstOrder(), schedule, regularisers=regs + activation_pieces(config))
+
+
+register_mode(Mode("prime", build_prime,
+                   "DARTS-PRIME: α steps on a Fisher-information schedule, proximity (or ADMM) regulariser, "
+                   "10/11 dynamic split (options schedfreq, prime_dynamic, prime_split, reg, rho, admm_freq, ewma, "
+                   "threshold)", configure=configure_prime))
