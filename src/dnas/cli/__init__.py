@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from ..errors import DnasError
@@ -20,6 +21,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dnas", description="Differentiable NAS with a careful selection step.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: $DNAS_THREADS, else torch's default). Small "
+                             "supernets run best with 1 thread on a busy machine.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in COMMANDS:
         modname = f"{__name__}.{name}_cmd"
@@ -31,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    threads = args.threads or int(os.environ.get("DNAS_THREADS", "0") or 0)
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)
     try:
         return int(args.func(args) or 0)
     except DnasError as e:
