@@ -194,3 +194,14 @@ def test_python_api_in_a_few_lines(tmp_path):
     g = NB201.parse(result["genotype"])
     assert result["selections"]["magnitude"]["genotype"] == str(g)
     assert (tmp_path / "api" / "selections" / "magnitude.json").exists()
+
+
+def test_cifar10_search_from_shared_shards_end_to_end(tmp_path, cifar10_dir):
+    """The core issue's small CIFAR-10 setting, shrunk further for CI (the decoded arrays are cached)."""
+    result = run_search(SearchConfig(dataset="cifar10", data_dir=str(cifar10_dir), subset=200, resolution=8,
+                                     channels=4, cells=1, epochs=1, batch_size=32, out=str(tmp_path / "c10"),
+                                     device="cpu"), quiet=True)
+    assert NB201.parse(result["genotype"])
+    assert 0.0 <= result["final"]["valid_acc"] <= 1.0
+    cfg = json.loads((tmp_path / "c10" / "config.json").read_text())
+    assert cfg["subset"] == 200 and cfg["resolution"] == 8
