@@ -41,6 +41,14 @@ def positive_int(method: str, key: str, value: Any, allow_none: bool = False) ->
     return value
 
 
+def positive_float(method: str, key: str, value: Any, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise DnasError(f"{method}: option {key} must be a positive number, got {value!r}")
+    return float(value)
+
+
 def scoring_loader(run: "SearchRun", batch_size: int | None = None) -> BatchLoader:
     """The α-half of the data without augmentation, in a fixed order, in batches of ``batch_size``
     (default: the search batch size, as DARTS-PT's ``valid_queue``: train-mode BN sees batches of that size)."""

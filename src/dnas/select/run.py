@@ -134,6 +134,21 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
     return entry
 
 
+def select_without_run(method: str, *, options: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run a training-free selector with no search run (e.g. ``zeros`` with ``options["space"]``)."""
+    m = get_method(method)
+    if m.needs_run:
+        raise DnasError(f"method {method!r} needs a search run directory (only training-free methods run without: "
+                        f"{', '.join(n for n, x in METHODS.items() if not x.needs_run)})")
+    sel = m.fn(None, SelectionContext(method, dict(options or {}), None, False, quiet))
+    entry = sel.to_json()
+    hook = ground_truth_hook()
+    if hook is not None:
+        from ..spaces import get_space
+        entry.update(hook(get_space(sel.space), sel))
+    return entry
+
+
 def run_selections(run_dir: str | Path, methods: list[str], *, resume: bool = False, quiet: bool = False,
                    options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     from ..rundir import read_result

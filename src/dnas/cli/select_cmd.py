@@ -1,0 +1,66 @@
+"""dnas select: run a selection method on a search run (or a training-free one on a bare space)."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..errors import DnasError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="select an architecture from a trained supernet",
+                       description="Run a selection method on a search run directory; writes RUN/selections/"
+                                   "<method>.json and adds it to RUN/result.json. Training-free methods (zeros) "
+                                   "also run without RUN, given --space.")
+    p.add_argument("run", nargs="?", help="search run directory (omit for training-free methods)")
+    p.add_argument("--method", required=True, help="magnitude, pt, ostr or zeros")
+    p.add_argument("--space", help="search space when there is no RUN (zeros)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option, e.g. proj_intv=5, criterion=loss, progressive=true; repeatable")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted progressive selection (pt, ostr)")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
+    p.add_argument("--out", help="without RUN: also write the selection JSON to this file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; values are JSON when they parse (5, true, null, 0.3), strings otherwise."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _run(a: argparse.Namespace) -> int:
+    from ..io import atomic_write_json
+    from ..select.run import get_method, run_selection, select_without_run
+    get_method(a.method)
+    options = parse_options(a.option)
+    if a.run is not None:
+        if a.space or a.out:
+            raise DnasError("--space and --out are for selections without a run directory")
+        entry = run_selection(a.run, a.method, options=options, resume=a.resume, quiet=a.quiet, device=a.device)
+    else:
+        if a.resume:
+            raise DnasError("--resume needs a run directory")
+        if a.space:
+            options["space"] = a.space
+        if a.device:
+            options["device"] = a.device
+        entry = select_without_run(a.method, options=options, quiet=a.quiet)
+        if a.out:
+            atomic_write_json(a.out, entry)
+    line = {"run": a.run, "method": entry["method"], "space": entry["space"], "genotype": entry["genotype"],
+            "cost": entry["cost"]}
+    if "ground_truth" in entry:
+        line["ground_truth"] = entry["ground_truth"]
+    print(json.dumps(line))
+    return 0

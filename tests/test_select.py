@@ -1,0 +1,367 @@
+"""Selection methods on tiny supernets: pt, ostr, zeros (and the shared progressive schedule and CLI)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from dnas.cli import main as cli_main
+from dnas.errors import DnasError
+from dnas.search import SearchConfig, SearchRun, build_run, run_search
+from dnas.select import pt as pt_mod
+from dnas.select import zeros as zeros_mod
+from dnas.select.common import current_weights, evaluate_weights, scoring_loader
+from dnas.select.ostr import operation_strength
+from dnas.select.progressive import make_plan
+from dnas.select.run import SelectionContext, get_method, run_selection
+from dnas.spaces import get_space
+from dnas.spaces.darts import NODE_EDGES
+
+TINY = dict(dataset="synthetic", resolution=8, channels=4, batch_size=32, eval_every=0)
+
+
+def tiny_config(space: str = "nb201", subset: int = 128, epochs: int = 1, **kw) -> SearchConfig:
+    cells = 1 if get_space(space).family == "nb201" else 3
+    return SearchConfig(space=space, subset=subset, epochs=epochs, **{**TINY, "cells": cells, **kw})
+
+
+def trained(cfg: SearchConfig, prepare=None) -> SearchRun:
+    run = build_run(cfg)
+    if prepare is not None:
+        prepare(run)
+    s = run.searcher(quiet=True)
+    for e in range(cfg.epochs):
+        s.train_epoch(e)
+    return run
+
+
+def select(method: str, run: SearchRun | None, **options) -> "object":
+    return get_method(method).fn(run, SelectionContext(method, options, None, False, True))
+
+
+# -- the progressive schedule ---------------------------------------------------------------------
+def test_plan_matches_darts_pt_code():
+    nb = make_plan(get_space("nb201"), 5)
+    assert nb.tune_epochs == 25 and nb.decision_epochs == [0, 5, 10, 15, 20, 24]
+    assert set(nb.steps.values()) == {"op"}
+    d = make_plan(get_space("darts"), 5)
+    assert d.tune_epochs == 81 and d.decision_epochs == list(range(0, 81, 5))
+    assert [d.steps[e] for e in (65, 70, 75, 80)] == ["op", "topology", "topology", "topology"]
+    assert sum(v == "op" for v in d.steps.values()) == 14
+    # proj_intv=1: darts-pt's NB201 formula would leave an edge undecided; we tune one epoch per edge
+    assert make_plan(get_space("nb201"), 1).decision_epochs == list(range(6))
+
+
+# -- one op made to dominate an edge: every method must pick it -------------------------------------
+DOM_EDGE, DOM_OP = 3, "nor_conv_3x3"  # NB201 edge 3 <- 0
+
+
+def _only_path(run: SearchRun) -> None:
+    """Node 3 (the cell output) = the dominant op on edge 3<-0 only: its other ops and the edges
+    3<-1, 3<-2 produce exactly zero, so removing that op zeroes every cell and the logits turn constant."""
+    arch, spec = run.model.arch, run.space.cells["cell"]
+    for k, name in enumerate(spec.ops[DOM_EDGE]):
+        if name != DOM_OP:
+            arch.remove_op("cell", DOM_EDGE, k)
+    arch.remove_edge("cell", 4)
+    arch.remove_edge("cell", 5)
+
+
+@pytest.fixture(scope="module")
+def dominated() -> SearchRun:
+    return trained(tiny_config(subset=256, epochs=4), _only_path)
+
+
+def test_pt_picks_dominant_op(dominated):
+    run = build_run(dominated.config)
+    run.model.load_state_dict(dominated.model.state_dict())
+    sel = select("pt", run, proj_intv=1, max_batches=2)
+    d = next(d for d in sel.decisions if d["edge"] == DOM_EDGE)
+    base = d["candidates"]["none"]["acc"]  # zeroing an op that is already zero changes nothing
+    assert all(c["acc"] == base for n, c in d["candidates"].items() if n != DOM_OP)
+    assert d["candidates"][DOM_OP]["acc"] < base
+    assert d["chosen"] == DOM_OP and sel.genotype.ops[DOM_EDGE] == DOM_OP
+
+
+def test_ostr_picks_dominant_op(dominated):
+    for absolute in (False, True):
+        sel = select("ostr", dominated, abs=absolute)
+        row = sel.scores["cell"][DOM_EDGE]
+        k = get_space("nb201").cells["cell"].op_index(DOM_EDGE, DOM_OP)
+        assert row[k] > 0 and all(v == 0.0 for i, v in enumerate(row) if i != k)
+        assert sel.genotype.ops[DOM_EDGE] == DOM_OP
+
+
+def test_ostr_train_mode_bn_blurs_a_sole_contributor(dominated):
+    """Why ostr defaults to eval-mode BN: batch statistics undo a rescaling of the cell output."""
+    loader = scoring_loader(dominated)
+    s_train = operation_strength(dominated.model, loader, bn_train=True)[0]["cell"][DOM_EDGE].abs().max()
+    s_eval = operation_strength(dominated.model, loader, bn_train=False)[0]["cell"][DOM_EDGE].abs().max()
+    assert s_train < 0.2 * s_eval
+
+
+def test_zeros_picks_dominant_op():
+    """At init: on edge 3<-0 the conv1x1 has zero weights and skip/pool have α = 0, so their
+    contributions and hence |α·∂R/∂α| are exactly 0, while the conv3x3 path scores > 0."""
+    space = get_space("nb201")
+    model = zeros_mod.init_supernet(space, channels=4, cells=1, num_classes=10, in_channels=3,
+                                    dtype=torch.float64, seed=0, abs_alpha=True)
+    spec = space.cells["cell"]
+    with torch.no_grad():
+        for cell in (m for m in model.modules() if hasattr(m, "mixed")):
+            conv1 = cell.mixed[DOM_EDGE].ops[spec.op_index(DOM_EDGE, "nor_conv_1x1")]
+            for p in conv1.parameters():
+                p.zero_()
+        for name in ("skip_connect", "avg_pool_3x3"):
+            model.arch.alphas["cell"][DOM_EDGE, spec.op_index(DOM_EDGE, name)] = 0.0
+    scores, log = zeros_mod.iterative_prune(model, 8, 3, rounds=4, bn_train=True, seed=0)
+    first = torch.tensor(log[0]["scores"]["cell"][DOM_EDGE])
+    k = spec.op_index(DOM_EDGE, DOM_OP)
+    assert first[k] > 0 and int((first == 0).sum()) == 4
+    alive = model.arch.mask("cell")[DOM_EDGE]
+    assert alive.tolist() == [1.0 if i == k else 0.0 for i in range(5)]
+
+
+# -- pt: decision counts, topology, trace ---------------------------------------------------------
+def test_pt_nb201_six_decisions():
+    run = trained(tiny_config())
+    sel = select("pt", run, proj_intv=1, max_batches=1)
+    assert [d["kind"] for d in sel.decisions] == ["op"] * 6
+    assert sorted(d["edge"] for d in sel.decisions) == list(range(6))
+    assert run.model.arch.undecided_edges("cell") == []
+    assert list(sel.genotype.ops) == [next(d["chosen"] for d in sel.decisions if d["edge"] == e) for e in range(6)]
+    assert all(set(d["candidates"]) == set(get_space("nb201").cells["cell"].ops[0]) for d in sel.decisions)
+    assert sel.cost["finetune_epochs"] == 6 and sel.cost["forward_passes"] == 6 * 5
+    assert not any(math.isnan(v) for row in sel.scores["cell"] for v in row)
+
+
+def test_pt_darts_family_op_then_topology():
+    """A DARTS-family space (S2: same cells and schedule as DARTS, 2 ops per edge, to stay fast on a CPU)."""
+    run = trained(tiny_config("s2", subset=64))
+    sel = select("pt", run, proj_intv=1, max_batches=1, eval_batch_size=16)
+    arch = run.model.arch
+    for ct in ("normal", "reduce"):
+        ops = [d for d in sel.decisions if d["cell_type"] == ct and d["kind"] == "op"]
+        topo = [d for d in sel.decisions if d["cell_type"] == ct and d["kind"] == "topology"]
+        assert len(ops) == 14 and sorted(d["edge"] for d in ops) == list(range(14))
+        assert sorted(d["node"] for d in topo) == [3, 4, 5]
+        assert all(len(d["kept"]) == 2 and set(d["kept"]) | set(d["removed"]) == set(NODE_EDGES[d["node"]])
+                   for d in topo)
+        kept_edges = [e for e in range(14) if float(arch.mask(ct)[e].sum()) > 0]
+        assert len(kept_edges) == 8
+        mask = run.space.genotype_mask(sel.genotype)[ct]
+        assert [e for e in range(14) if float(mask[e].sum()) > 0] == kept_edges
+    # op decisions come first (epochs 0..13), topology after (14..16), normal before reduce
+    assert [d["kind"] for d in sel.decisions] == ["op"] * 28 + ["topology"] * 6
+    assert sel.cost["finetune_epochs"] == 17
+
+
+def test_pt_evaluation_leaves_model_unchanged():
+    run = trained(tiny_config())
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    loader = scoring_loader(run)
+    w = current_weights(run.model.arch)
+    w["cell"][0, 1] = 0.0
+    r1 = evaluate_weights(run.model, loader, w, bn_train=True)
+    r2 = evaluate_weights(run.model, loader, w, bn_train=True)
+    assert (r1.correct, r1.loss_sum) == (r2.correct, r2.loss_sum)
+    assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
+
+
+@pytest.mark.parametrize("where", ["evaluation", "tuning"])
+def test_pt_resume_is_exact(tmp_path, monkeypatch, where):
+    cfg = tiny_config(out=str(tmp_path / "a"))
+    run_search(cfg, quiet=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    opts = {"proj_intv": 2, "max_batches": 1}
+    full = run_selection(tmp_path / "a", "pt", options=opts, quiet=True)
+
+    # Interrupt inside the third decision's candidate evaluations, or in the fourth tune epoch.
+    from dnas.search.trainer import Searcher
+    owner, name, stop_at = (pt_mod.PtDecider, "_eval", 13) if where == "evaluation" else (Searcher, "train_epoch", 4)
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == stop_at:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(owner, name, flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_selection(tmp_path / "b", "pt", options=opts, quiet=True)
+    monkeypatch.undo()
+    assert (tmp_path / "b" / "selections" / "pt.ckpt.pt").exists()
+    with pytest.raises(DnasError, match="different options.*proj_intv"):
+        run_selection(tmp_path / "b", "pt", options={**opts, "proj_intv": 3}, resume=True, quiet=True)
+    resumed = run_selection(tmp_path / "b", "pt", options=opts, resume=True, quiet=True)
+    assert resumed["genotype"] == full["genotype"]
+    assert resumed["decisions"] == full["decisions"]  # same edges, same accuracies and losses, bit for bit
+    assert not (tmp_path / "b" / "selections" / "pt.ckpt.pt").exists()
+    tune_a = (tmp_path / "a" / "selections" / "pt.tune.jsonl").read_text()
+    assert (tmp_path / "b" / "selections" / "pt.tune.jsonl").read_text() == tune_a
+
+
+def test_pt_tuning_keeps_the_search_recipe(monkeypatch):
+    """Fresh w-optimiser at lr/10; an SDARTS-RS supernet is tuned with its perturbation at ε = 0.3."""
+    run = trained(tiny_config(mode="sdarts-rs"))
+    seen = []
+    original = SearchRun.searcher
+
+    def spy(self, config=None, quiet=False):
+        seen.append(config)
+        return original(self, config, quiet)
+
+    monkeypatch.setattr(SearchRun, "searcher", spy)
+    select("pt", run, proj_intv=1, max_batches=1)
+    (cfg,) = seen
+    assert cfg.mode == "sdarts-rs" and cfg.options["sdarts_epsilon"] == 0.3
+    assert cfg.w_lr == pytest.approx(0.0025) and cfg.w_momentum == 0.9 and cfg.w_wd == 3e-4
+
+
+@pytest.mark.parametrize("mode", ["fixed", "darts1"])
+def test_pt_alpha_steps_follow_the_search_mode(mode):
+    run = trained(tiny_config(mode=mode))
+    before = run.model.arch.alphas["cell"].detach().clone()
+    sel = select("pt", run, proj_intv=1, max_batches=1)
+    changed = not torch.equal(before, run.model.arch.alphas["cell"])
+    assert changed == (mode == "darts1")
+    assert sel.cost["tune_arch_steps"] == (0 if mode == "fixed" else sel.cost["tune_w_steps"])
+
+
+def test_pt_needs_a_run_and_checks_options():
+    with pytest.raises(DnasError):
+        select("pt", None)
+    run = build_run(tiny_config())
+    with pytest.raises(DnasError, match="unknown option"):
+        select("pt", run, proj_interval=3)
+    with pytest.raises(DnasError, match="criterion"):
+        select("pt", run, criterion="magic")
+
+
+# -- ostr ------------------------------------------------------------------------------------------
+def test_ostr_is_the_first_order_loss_increase():
+    """S(e,o) = d/dε L(w_eo·(1-ε)) at 0: the loss change when o's weight shrinks in every cell sharing α."""
+    run = trained(tiny_config(space="nb201", epochs=1, cells=2))
+    model, loader = run.model, scoring_loader(run)
+    s = operation_strength(model, loader, max_batches=1)[0]["cell"]
+    e, o = divmod(int(s.abs().argmax()), s.shape[1])
+    eps = 1e-2
+
+    def loss(scale: float) -> float:
+        w = current_weights(model.arch)
+        w["cell"][e, o] *= scale
+        r = evaluate_weights(model, loader, w, bn_train=False, max_batches=1)
+        return r.loss
+
+    fd = (loss(1 - eps) - loss(1 + eps)) / (2 * eps)
+    assert fd == pytest.approx(float(s[e, o]), rel=0.05)
+    none = get_space("nb201").cells["cell"].op_index(0, "none")
+    assert all(float(s[r, none]) == 0.0 for r in range(6))
+
+
+def test_ostr_darts_space_one_shot_and_progressive_nb201():
+    run = trained(tiny_config("darts", subset=64))
+    sel = select("ostr", run, batches=1)
+    assert get_space("darts").validate(sel.genotype) == sel.genotype
+    assert sel.cost["forward_passes"] == 1 and sel.cost["finetune_epochs"] == 0
+    none = get_space("darts").cells["normal"].op_index(0, "none")
+    assert all(row[none] == 0.0 for row in sel.scores["normal"])
+
+    run = trained(tiny_config())
+    sel = select("ostr", run, progressive=True, proj_intv=1, batches=1)
+    assert [d["kind"] for d in sel.decisions] == ["op"] * 6 and run.model.arch.undecided_edges("cell") == []
+
+
+@pytest.mark.parametrize("space", ["s1", "s3", "s4"])
+def test_ostr_other_darts_spaces(space):
+    run = build_run(tiny_config(space, subset=64))  # untrained is enough for a well-formed genotype
+    sel = select("ostr", run, batches=1, eval_batch_size=8)
+    assert get_space(space).validate(sel.genotype) == sel.genotype
+    assert all(math.isfinite(v) for row in sel.scores["reduce"] for v in row)
+
+
+def test_ostr_on_a_fast_supernet_scores_its_reference_copy():
+    run = trained(tiny_config(impl="fast"))
+    ref = build_run(tiny_config())
+    ref.model.load_state_dict(run.model.state_dict())
+    a, b = select("ostr", run, batches=1), select("ostr", ref, batches=1)
+    assert a.scores == b.scores and str(a.genotype) == str(b.genotype)
+    with pytest.raises(DnasError, match="no mixed op ran"):
+        operation_strength(run.model, scoring_loader(run), max_batches=1)
+
+
+# -- zeros -----------------------------------------------------------------------------------------
+def test_zeros_default_nb201_is_deterministic_and_finite():
+    a = select("zeros", None, space="nb201")
+    b = select("zeros", None, space="nb201")
+    assert str(a.genotype) == str(b.genotype) and json.dumps(a.to_json()["scores"]) == json.dumps(b.to_json()["scores"])
+    assert a.decisions == b.decisions
+    assert a.options["channels"] == 16 and a.options["cells"] == 5 and a.options["bn_mode_used"] == "train"
+    assert len(a.decisions) == 4 and a.cost["forward_passes"] == 4
+    for rnd in a.decisions:
+        assert all(math.isfinite(v) for row in rnd["scores"]["cell"] for v in row)
+    survivors = [[v for v in row if not math.isnan(v)] for row in a.scores["cell"]]
+    assert all(len(r) == 1 for r in survivors)
+
+
+@pytest.mark.parametrize("space", ["darts", "s1", "s2", "s3", "s4", "s5"])
+def test_zeros_every_darts_space(space):
+    sel = select("zeros", None, space=space, channels=4, cells=3, resolution=8)
+    again = select("zeros", None, space=space, channels=4, cells=3, resolution=8)
+    assert str(sel.genotype) == str(again.genotype)  # S4's noise op is seeded
+    assert get_space(space).validate(sel.genotype) == sel.genotype
+
+
+def test_zeros_never_builds_on_nan(monkeypatch):
+    real = zeros_mod.connection_sensitivity
+
+    def nan_in_train_mode(model, *a, bn_train, **k):
+        s = real(model, *a, bn_train=bn_train, **k)
+        return {ct: v * float("nan") for ct, v in s.items()} if bn_train else s
+
+    monkeypatch.setattr(zeros_mod, "connection_sensitivity", nan_in_train_mode)
+    sel = select("zeros", None, space="nb201", channels=4, cells=1, resolution=8)
+    assert sel.options["bn_mode_used"] == "eval"
+    with pytest.raises(DnasError, match="not finite"):
+        select("zeros", None, space="nb201", channels=4, cells=1, resolution=8, bn_mode="train")
+
+
+def test_zeros_with_a_run_uses_its_shapes_not_its_weights():
+    run = trained(tiny_config())
+    sel = select("zeros", run, rounds=1)
+    assert sel.options["channels"] == 4 and sel.options["resolution"] == 8 and sel.cost["forward_passes"] == 1
+    with pytest.raises(DnasError, match="only without a run"):
+        select("zeros", run, space="darts")
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def test_cli_select_without_run(tmp_path, capsys):
+    out = tmp_path / "z.json"
+    assert cli_main(["select", "--method", "zeros", "--space", "nb201", "--option", "channels=4",
+                     "--option", "cells=1", "--option", "resolution=8", "--out", str(out), "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["method"] == "zeros" and json.loads(out.read_text())["genotype"] == line["genotype"]
+    assert cli_main(["select", "--method", "pt", "--space", "nb201"]) == 2
+    assert "needs a search run" in capsys.readouterr().err
+    assert cli_main(["select", "--method", "zeros", "--space", "nb201", "--option", "rounds"]) == 2
+
+
+def test_cli_search_then_select(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert cli_main(["search", "--dataset", "synthetic", "--resolution", "8", "--subset", "128", "--channels", "4",
+                     "--cells", "1", "--epochs", "1", "--batch-size", "32", "--select", "ostr,zeros",
+                     "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli_main(["select", str(run), "--method", "pt", "--option", "proj_intv=1", "--option", "max_batches=1",
+                     "--quiet"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["method"] == "pt" and line["cost"]["finetune_epochs"] == 6
+    result = json.loads((run / "result.json").read_text())
+    assert set(result["selections"]) == {"magnitude", "ostr", "zeros", "pt"}
+    saved = json.loads((run / "selections" / "pt.json").read_text())
+    assert saved["genotype"] == line["genotype"] and len(saved["decisions"]) == 6
