@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..tensorboard import tb_log
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError
 from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
@@ -116,7 +117,9 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
             v = searcher.evaluate(run.valid_eval)
             m.update(valid_loss=v["loss"], valid_acc=v["acc"])
         genotype = select_magnitude(run.model.arch).genotype
-        log_metrics(out, {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)})
+        record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
+        log_metrics(out, record)
+        tb_log(out, record, epoch, "search")
         save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
         if not quiet:
             acc = f" valid_acc={m['valid_acc']:.4f}" if "valid_acc" in m else ""

@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DnasError
+from ..tensorboard import tb_log
 from ..rundir import CHECKPOINT, load_checkpoint, log_metrics, truncate_metrics
 from ..spaces import Space
 from ..spaces.darts import NODE_EDGES
@@ -229,6 +230,7 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
                          "decisions": len(decisions)})
         if ctx.run_dir is not None:
             log_metrics(ctx.run_dir, tune_log[-1], name=log_name)
+            tb_log(ctx.run_dir, tune_log[-1], base.epochs + epoch, f"select_{ctx.method}")
         bar.set_postfix(decisions=len(decisions), train_acc=f"{m['train_acc']:.3f}")
         save(epoch + 1, 0)
     bar.close()

@@ -1,0 +1,48 @@
+"""``dnas analyze plots``: search dynamics and selected cells of a run directory, as PNGs in RUN/analysis/."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import DnasError
+from ..io import read_json, read_jsonl
+from ..spaces import get_space
+from .cells import draw_genotype
+from .figures import accuracy_figure, alpha_figure, pt_decisions_figure
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return list(read_jsonl(path)) if path.exists() else []
+
+
+def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, engine: str = "auto") -> list[Path]:
+    """α per edge over epochs, train/valid accuracy, PT decisions, and a drawing per selected genotype."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise DnasError(f"{run_dir}: not a run directory (no config.json)")
+    space = get_space(read_json(run_dir / "config.json")["space"])
+    out = Path(out_dir) if out_dir else run_dir / "analysis"
+    written: list[Path] = []
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    with_alpha = [r for r in rows if "alpha" in r]
+    for ct in space.cell_types:
+        if with_alpha:
+            written.append(alpha_figure(space, ct, [r["epoch"] for r in with_alpha],
+                                        [r["alpha"][ct] for r in with_alpha], out / f"alpha_{ct}.png"))
+    sel_dir = run_dir / "selections"
+    tunes = {p.name[: -len(".tune.jsonl")]: read_metrics(p) for p in sorted(sel_dir.glob("*.tune.jsonl"))}
+    if rows:
+        written.append(accuracy_figure(rows, tunes, out / "accuracy.png"))
+    if (sel_dir / "pt.json").exists():
+        decisions = read_json(sel_dir / "pt.json").get("decisions", [])
+        if any(d.get("kind") == "op" for d in decisions):
+            written.append(pt_decisions_figure(space, decisions, out / "pt_decisions.png"))
+    for p in sorted(sel_dir.glob("*.json")) if sel_dir.is_dir() else []:
+        d = read_json(p)
+        if isinstance(d, dict) and d.get("genotype"):
+            method = d.get("method", p.stem)
+            written.append(draw_genotype(space, space.parse(d["genotype"]), out / f"genotype_{method}.png",
+                                         title=f"{method}: {d['genotype']}", engine=engine))
+    if not written:
+        raise DnasError(f"{run_dir}: nothing to plot (no metrics.jsonl or selections)")
+    return written
