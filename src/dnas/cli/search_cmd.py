@@ -5,7 +5,8 @@ import argparse
 import json
 
 from ..data import DATASETS
-from ..search import MODES, SearchConfig, get_mode, run_search
+from ..search import MODES, SearchConfig, run_search
+from ..search.modes import make_config
 from ..spaces import SPACES
 
 # The embedded default and other file-free datasets get a small supernet that trains in minutes on a CPU.
@@ -44,28 +45,24 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
     from ..spaces import get_space
     family = get_space(a.space).family
     small = a.dataset in ("digits", "synthetic")
-    cfg = SearchConfig(space=a.space, dataset=a.dataset, data_dir=a.data_dir, out=a.out, mode=a.mode, seed=a.seed,
-                       device=a.device)
-    mode = get_mode(a.mode)
-    for k, v in mode.defaults.items():
-        setattr(cfg, k, v)
+    fields: dict = dict(space=a.space, dataset=a.dataset, data_dir=a.data_dir, out=a.out, seed=a.seed,
+                        device=a.device)
     if small:
-        cfg.channels, cfg.cells, cfg.epochs = SMALL["channels"], SMALL["cells"][family], SMALL["epochs"]
+        fields.update(channels=SMALL["channels"], cells=SMALL["cells"][family], epochs=SMALL["epochs"])
     for name in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "activation", "impl"):
         v = getattr(a, name)
         if v is not None:
-            setattr(cfg, name, v)
+            fields[name] = v
+    options: dict = {}
     for item in a.option:
         if "=" not in item:
             raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
-            cfg.options[k] = json.loads(v)
+            options[k] = json.loads(v)
         except json.JSONDecodeError:
-            cfg.options[k] = v
-    if mode.configure is not None:
-        mode.configure(cfg)
-    return cfg
+            options[k] = v
+    return make_config(a.mode, options=options, **fields)
 
 
 def _run(a: argparse.Namespace) -> int:

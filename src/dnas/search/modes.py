@@ -39,9 +39,33 @@ def get_mode(name: str) -> Mode:
         raise DnasError(f"unknown mode {name!r} (known: {', '.join(MODES)})") from None
 
 
-register_mode(Mode("darts1", lambda c: Recipe(FirstOrder(), EveryStep()),
+def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
+    """A SearchConfig for ``mode``: the mode's paper defaults, then ``fields``, then the mode's own checks
+    and derived settings (e.g. DARTS-PRIME's dynamic split). The library's way to get what the CLI gets."""
+    m = get_mode(mode)
+    config = SearchConfig(mode=mode)
+    for k, v in {**m.defaults, **fields}.items():
+        if not hasattr(config, k):
+            raise DnasError(f"unknown search setting {k!r}")
+        setattr(config, k, v)
+    if m.configure is not None:
+        m.configure(config)
+    return config
+
+
+def _with_activation(recipe_fn: Callable[[SearchConfig], Recipe]) -> Callable[[SearchConfig], Recipe]:
+    def build(c: SearchConfig) -> Recipe:
+        from .variants import activation_pieces
+        recipe = recipe_fn(c)
+        recipe.regularisers.extend(activation_pieces(c))  # e.g. crb's permanent pruning of α <= 0
+        return recipe
+    return build
+
+
+register_mode(Mode("darts1", _with_activation(lambda c: Recipe(FirstOrder(), EveryStep())),
                    "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
-register_mode(Mode("darts2", lambda c: Recipe(SecondOrder(float(c.options.get("fd_r", 0.01))), EveryStep()),
+register_mode(Mode("darts2", _with_activation(lambda c: Recipe(SecondOrder(float(c.options.get("fd_r", 0.01))),
+                                                               EveryStep())),
                    "DARTS second order (unrolled w, finite-difference Hessian-vector product; option fd_r=0.01)"))
 register_mode(Mode("fixed", lambda c: Recipe(NoArchUpdate(), Never()),
                    "α frozen at its 1e-3·N(0,1) init (DARTS-PT's 'fix α' / blank supernet)", trains_alpha=False))

@@ -150,9 +150,13 @@ def prime_schedfreq(options: Mapping[str, Any]) -> float:
 
 
 def configure_prime(config: SearchConfig) -> None:
-    """Dynamic split (option ``prime_split``, on by default): train_portion = 1 − 1/(1 + schedfreq)."""
+    """Dynamic split (option ``prime_split``, on by default): train_portion = 1 − 1/(1 + schedfreq).
+
+    Also checks every option now, before a run directory is created.
+    """
     if opt_bool(config.options, "prime_split", True):
         config.train_portion = 1.0 - 1.0 / (1.0 + prime_schedfreq(config.options))
+    build_prime(config)
 
 
 def build_prime(config: SearchConfig) -> Recipe:

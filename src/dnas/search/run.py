@@ -98,12 +98,12 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
     try:
         run = build_run(config)
+        searcher = run.searcher(quiet=quiet)
     except DnasError:
         if not resume:  # leave nothing behind for a run that could not even start
             import shutil
             shutil.rmtree(out, ignore_errors=True)
         raise
-    searcher = run.searcher(quiet=quiet)
     if resume and (out / CHECKPOINT).exists():
         state = load_checkpoint(out)
         searcher.load_state_dict(state["searcher"])

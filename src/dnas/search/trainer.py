@@ -98,7 +98,8 @@ class Searcher:
         for a in self.a_params:  # α is not trained by the w step
             a.grad = None
         if self.recipe.schedule.needs_fisher:
-            fi = sum(float((p.grad.detach() ** 2).sum()) for p in self.w_params if p.grad is not None)
+            grads = [p.grad.detach().pow(2).sum() for p in self.w_params if p.grad is not None]
+            fi = float(torch.stack(grads).sum())  # one host sync, not one per parameter
             self.recipe.schedule.observe_fisher(fi)
         if self.config.grad_clip > 0:
             nn.utils.clip_grad_norm_(self.w_params, self.config.grad_clip)

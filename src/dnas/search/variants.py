@@ -33,7 +33,7 @@ from ..spaces import Genotype, Space, get_space
 from ..spaces.darts import NODE_EDGES
 from ..supernet import ArchState
 from .config import SearchConfig
-from .modes import Mode, register_mode
+from .modes import Mode, get_mode, register_mode
 from .pieces import EveryStep, FirstOrder, Never, NoArchUpdate, Regulariser, WeightOverride
 from .trainer import Recipe
 
@@ -152,8 +152,9 @@ class SdartsNoise(WeightOverride):
     def epsilon(self, s: "Searcher") -> float:
         if self.fixed_epsilon is not None:
             return self.fixed_epsilon
-        # s.epoch = epochs completed = the epoch being trained (darts-pt steps ε once per epoch)
-        return self.eps_min + (self.eps_max - self.eps_min) * s.epoch / max(1, s.total_epochs)
+        # s.epoch = epochs completed = the epoch being trained (darts-pt steps ε once per epoch); capped at
+        # ε_max for training that continues past the search's epochs
+        return self.eps_min + (self.eps_max - self.eps_min) * min(1.0, s.epoch / max(1, s.total_epochs))
 
     @torch.no_grad()
     def weights(self, s: "Searcher") -> dict[str, torch.Tensor]:
@@ -274,12 +275,17 @@ def build_spos(config: SearchConfig) -> Recipe:
 SPOS_DEFAULTS = {"batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "w_momentum": 0.9, "w_nesterov": True,
                  "w_wd": 5e-4, "grad_clip": 5.0, "train_portion": 0.5}
 
+def check_options(config: SearchConfig) -> None:
+    """Mode ``configure`` hook: build the recipe once so a bad option fails before a run directory exists."""
+    get_mode(config.mode).build(config)
+
+
 register_mode(Mode("sdarts-rs", build_sdarts,
                    "SDARTS-RS: DARTS first order, w steps on softmax(α) + U(−ε, ε), ε 0.03 → 0.3 (options "
-                   "sdarts_eps_min, sdarts_eps_max, sdarts_epsilon)"))
+                   "sdarts_eps_min, sdarts_eps_max, sdarts_epsilon)", configure=check_options))
 register_mode(Mode("spos", build_spos,
                    "SPOS uniform single-path supernet (weight-sharing analysis paper): one uniformly drawn "
                    "architecture per mini-batch, no α steps (option spos_archs=FILE restricts the draw)",
-                   defaults=dict(SPOS_DEFAULTS), trains_alpha=False))
+                   defaults=dict(SPOS_DEFAULTS), trains_alpha=False, configure=check_options))
 
 from . import prime  # noqa: E402,F401  (registers --mode prime)
