@@ -205,3 +205,15 @@ def test_cifar10_search_from_shared_shards_end_to_end(tmp_path, cifar10_dir):
     assert 0.0 <= result["final"]["valid_acc"] <= 1.0
     cfg = json.loads((tmp_path / "c10" / "config.json").read_text())
     assert cfg["subset"] == 200 and cfg["resolution"] == 8
+
+
+def test_selections_carry_nb201_ground_truth(tmp_path, monkeypatch, nb201_table_path):
+    monkeypatch.setenv("DNAS_NB201_TABLE", str(nb201_table_path))
+    from dnas.cli import main
+    assert main(["search", "--out", str(tmp_path / "r"), "--dataset", "synthetic", "--epochs", "1", "--channels", "4",
+                 "--cells", "1", "--quiet", "--select", "zeros"]) == 0
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    for method in ("magnitude", "zeros"):
+        gt = result["selections"][method]["ground_truth"]
+        assert gt["arch_str"] == result["selections"][method]["genotype"]
+        assert 10.0 <= gt["cifar10_test"] <= 94.38 and 1 <= gt["rank"] <= 15625

@@ -52,7 +52,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
 
 
 # Settings that may change between a run and its resumption without changing the result.
-_RESUME_FREE = {"quiet", "device", "out", "resume", "force", "select", "table", "data_dir", "workers"}
+_RESUME_FREE = {"quiet", "device", "out", "resume", "force", "select", "table", "data_dir", "workers", "source"}
 
 
 def rng_state() -> dict[str, Any]:

@@ -28,7 +28,7 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
 
 class DartsEvalCell(nn.Module):
     def __init__(self, gene: tuple[tuple[str, int], ...], concat: tuple[int, ...], c_pp: int, c_p: int, c: int,
-                 reduction: bool, reduction_prev: bool):
+                 reduction: bool, reduction_prev: bool, op_affine: bool = True):
         super().__init__()
         self.reduction = reduction
         self.pre0 = FactorizedReduce(c_pp, c) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0)
@@ -36,7 +36,7 @@ class DartsEvalCell(nn.Module):
         self.inputs = tuple(j for _, j in gene)
         self.concat = tuple(concat)
         self.ops = nn.ModuleList(
-            build_darts_op(op, c, 2 if reduction and j < 2 else 1, affine=True, pool_bn=False) for op, j in gene)
+            build_darts_op(op, c, 2 if reduction and j < 2 else 1, affine=op_affine, pool_bn=False) for op, j in gene)
         self.multiplier = len(self.concat)
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -73,10 +73,14 @@ class AuxiliaryHeadCIFAR(nn.Module):
 
 class DartsNetwork(nn.Module):
     """A DARTS-space genotype as a CIFAR network. ``forward`` returns logits, or (logits, aux logits) while
-    training with an auxiliary head. Parameter names of the head contain ``auxiliary`` (excluded from counts)."""
+    training with an auxiliary head. Parameter names of the head contain ``auxiliary`` (excluded from counts).
+
+    ``op_affine=False`` gives the cell ops' BNs no scale/shift (preprocessing and stem BNs keep theirs): the
+    network whose parameter count NAS-Bench-301's ``params_M`` reports (C=32, 8 cells).
+    """
 
     def __init__(self, genotype: DartsGenotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
-                 auxiliary: bool = False, in_channels: int = 3):
+                 auxiliary: bool = False, in_channels: int = 3, op_affine: bool = True):
         super().__init__()
         check_layers(layers)
         if channels < 2 or channels % 2:
@@ -97,7 +101,7 @@ class DartsNetwork(nn.Module):
                 c *= 2
             ct = "reduce" if reduction else "normal"
             cell = DartsEvalCell(genotype.cell(ct), getattr(genotype, f"{ct}_concat"), c_pp, c_p, c, reduction,
-                                 reduction_prev)
+                                 reduction_prev, op_affine)
             self.cells.append(cell)
             reduction_prev = reduction
             c_pp, c_p = c_p, cell.multiplier * c

@@ -1,0 +1,95 @@
+"""The DDP path on CPU: 2 Gloo processes (as torchrun would start them) against one process."""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn as nn
+
+from dnas.data import BatchLoader, load_dataset
+from dnas.evaluate import make_config, train_network
+from dnas.evaluate.distributed import DistContext, init_distributed, shutdown_distributed
+from dnas.evaluate.train import train_one_epoch
+
+GLOBAL_BATCH = 16
+ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+
+
+def _tiny_net() -> nn.Module:
+    # No BatchNorm: with BN each rank normalises its own half-batch, so DDP differs from one big batch.
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(6, 10))
+
+
+def _two_steps(ctx: DistContext) -> dict:
+    """Two SGD steps on the global batches of epoch 0, each rank taking its share."""
+    torch.manual_seed(0)
+    net = _tiny_net()
+    model = nn.parallel.DistributedDataParallel(net) if ctx.distributed else net
+    data = load_dataset("synthetic", "train", subset=64, seed=0)
+    loader = BatchLoader(data, None, GLOBAL_BATCH // ctx.world_size, augment=True, seed=0, rank=ctx.rank,
+                         world_size=ctx.world_size)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.9)
+    batches = loader.epoch(0)
+    first = train_one_epoch(model, itertools.islice(batches, 1), opt, ctx)
+    second = train_one_epoch(model, itertools.islice(batches, 1), opt, ctx)  # the loss after one step
+    return {"loss1": first["loss"], "loss2": second["loss"], "state": {k: v.clone() for k, v in net.state_dict().items()}}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    try:
+        assert ctx.world_size == world and ctx.rank == rank
+        steps = _two_steps(ctx)
+        if ctx.is_main:
+            torch.save(steps, Path(out) / "ddp_steps.pt")
+        cfg = make_config("nb201", ARCH, "synthetic", epochs=1, channels=4, layers=1, batch_size=GLOBAL_BATCH,
+                          subset=32, test_subset=30, quiet=True, device="cpu")
+        result = train_network(cfg, Path(out) / "run", ctx=ctx)
+        (Path(out) / f"result_rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp_steps.pt", weights_only=False)
+    single = _two_steps(DistContext())
+    assert ddp["loss1"] == pytest.approx(single["loss1"], rel=1e-5, abs=1e-6)
+    assert ddp["loss2"] == pytest.approx(single["loss2"], rel=1e-5, abs=1e-6)
+    for k, v in single["state"].items():
+        assert torch.allclose(ddp["state"][k], v, atol=1e-5), k
+
+    # The whole training path under DDP: both ranks finish with the same result, only rank 0 wrote files.
+    results = [json.loads((tmp_path / f"result_rank{r}.json").read_text()) for r in range(2)]
+    assert results[0]["world_size"] == 2 and results[0]["test_acc"] == results[1]["test_acc"]
+    run = tmp_path / "run"
+    assert json.loads((run / "result.json").read_text())["test_acc"] == results[0]["test_acc"]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+    assert len(torch.load(run / "checkpoint.pt", weights_only=False)["rank_rng"]) == 2
+
+
+def test_single_process_without_torchrun(monkeypatch):
+    for var in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
+    assert ctx.sum([1.0, 2.0]) == [1.0, 2.0] and ctx.gather("x") == ["x"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exception, match="RANK"):
+        init_distributed("cpu")

@@ -1,0 +1,176 @@
+"""Stand-alone DARTS network, training protocols, `train_network` (checkpoint/resume) and `dnas train`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dnas.cli import main
+from dnas.errors import DnasError
+from dnas.evaluate import DartsNetwork, genotype_from_run, make_config, preset, train_network
+from dnas.evaluate.darts_net import DartsEvalCell
+from dnas.evaluate.train import apply_cutout, lr_at
+from dnas.io import atomic_write_json, read_jsonl
+from dnas.spaces import DartsGenotype
+from dnas.spaces.ops import FactorizedReduce
+
+NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+DARTS_G = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('dil_conv_3x3', 0), ('max_pool_3x3', 2), "
+           "('avg_pool_3x3', 1), ('skip_connect', 3), ('sep_conv_5x5', 0), ('dil_conv_5x5', 4)], "
+           "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('skip_connect', 1), ('skip_connect', 0), "
+           "('sep_conv_3x3', 2), ('avg_pool_3x3', 1), ('dil_conv_3x3', 3), ('skip_connect', 2), "
+           "('max_pool_3x3', 4)], reduce_concat=[2, 3, 4, 5])")
+TINY_NB201 = dict(epochs=2, channels=4, layers=1, batch_size=32, subset=64, test_subset=40, quiet=True)
+TINY_DARTS = dict(epochs=2, channels=4, layers=3, batch_size=16, subset=32, test_subset=20, resolution=32,
+                  cutout=8, drop_path=0.3, quiet=True)
+
+
+# -- DARTS evaluation network ---------------------------------------------------------------------------------
+
+def test_darts_network_structure_and_outputs():
+    torch.manual_seed(0)
+    net = DartsNetwork(DartsGenotype.parse(DARTS_G), channels=4, layers=3, num_classes=7, auxiliary=True)
+    cells = list(net.cells)
+    assert [c.reduction for c in cells] == [False, True, True]
+    assert isinstance(cells[2].pre0, FactorizedReduce)  # the cell after a reduction cell
+    assert all(isinstance(c, DartsEvalCell) for c in cells)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) and not m.affine for m in net.modules())
+    x = torch.randn(2, 3, 32, 32)
+    net.train()
+    logits, aux = net(x)
+    assert logits.shape == aux.shape == (2, 7)
+    net.eval()
+    assert net(x).shape == (2, 7)  # no auxiliary output outside training
+
+
+def test_drop_path_only_in_training_and_never_on_identity():
+    torch.manual_seed(0)
+    g = DartsGenotype.parse(DARTS_G.replace("('sep_conv_3x3', 0), ('skip_connect', 1)",
+                                            "('skip_connect', 0), ('skip_connect', 1)"))
+    net = DartsNetwork(g, channels=4, layers=3)
+    cell = net.cells[0]
+    s = torch.randn(4, 12, 8, 8)
+    cell.eval()
+    a = cell(s, s, 0.9)
+    assert torch.equal(a, cell(s, s, 0.9))  # eval: deterministic, no drop
+    cell.train()
+    torch.manual_seed(1)
+    out = cell(s, s, 0.999)
+    # Node 2 = skip(s0') + skip(s1'): identity edges are never dropped, so node 2 survives whole.
+    pre = cell.pre0(s) + cell.pre1(s)
+    assert torch.allclose(out[:, :4], pre, atol=1e-5)
+
+
+def test_cutout_and_lr_schedule():
+    x = torch.ones(3, 2, 10, 10)
+    g = torch.Generator().manual_seed(0)
+    y = apply_cutout(x, 4, g)
+    zeros = (y == 0).all(dim=1).sum(dim=(1, 2))
+    assert ((zeros >= 4) & (zeros <= 16)).all()  # a 4x4 square, clipped at the border
+    assert torch.equal(y, apply_cutout(x, 4, torch.Generator().manual_seed(0)))
+    cfg = make_config("nb201", NB201_ARCH, epochs=4, lr=0.1)
+    assert [round(lr_at(cfg, e), 6) for e in range(4)] == [0.1, 0.085355, 0.05, 0.014645]
+
+
+def test_presets():
+    nb = preset("nb201", "cifar10")
+    assert (nb["epochs"], nb["batch_size"], nb["lr"], nb["weight_decay"], nb["nesterov"]) == (200, 256, 0.1, 5e-4, True)
+    d = preset("darts", "cifar10")
+    assert (d["epochs"], d["batch_size"], d["lr"], d["weight_decay"], d["grad_clip"]) == (600, 96, 0.025, 3e-4, 5.0)
+    assert (d["channels"], d["layers"], d["auxiliary_weight"], d["drop_path"], d["cutout"]) == (36, 20, 0.4, 0.2, 16)
+    assert (preset("s3", "cifar100")["channels"], preset("s3", "cifar100")["layers"]) == (16, 8)
+    assert (preset("darts", "cifar100")["channels"], preset("darts", "cifar100")["layers"]) == (36, 20)
+    assert preset("darts", "synthetic")["cutout"] == 0
+    cfg = make_config("darts", DARTS_G, "cifar10", epochs=3, lr=None)
+    assert cfg.epochs == 3 and cfg.lr == 0.025 and cfg.genotype == str(DartsGenotype.parse(DARTS_G))
+    with pytest.raises(DnasError, match="unknown training settings"):
+        make_config("nb201", NB201_ARCH, warmup=5)
+    with pytest.raises(DnasError, match="epochs"):
+        make_config("nb201", NB201_ARCH, epochs=0)
+    with pytest.raises(DnasError):
+        make_config("darts", NB201_ARCH)
+
+
+# -- training runs ---------------------------------------------------------------------------------------------
+
+def _metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in read_jsonl(run / "metrics.jsonl")]
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after_first_epoch(record: dict) -> None:
+    if record["epoch"] == 0:
+        raise Stop
+
+
+@pytest.mark.parametrize("space, arch, tiny", [("nb201", NB201_ARCH, TINY_NB201), ("darts", DARTS_G, TINY_DARTS)])
+def test_train_completes_and_resumes_exactly(tmp_path, space, arch, tiny):
+    cfg = make_config(space, arch, "synthetic", **tiny)
+    straight = train_network(cfg, tmp_path / "a")
+    assert straight["finished"] and straight["epochs"] == 2 and 0 <= straight["test_acc"] <= 100
+    assert straight["params_M"] > 0 and straight["flops_M"] > 0
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"config.json", "metrics.jsonl", "checkpoint.pt", "result.json"} <= files
+
+    with pytest.raises(Stop):
+        train_network(cfg, tmp_path / "b", callback=_stop_after_first_epoch)
+    assert len(_metrics(tmp_path / "b")) == 1
+    resumed = train_network(cfg, tmp_path / "b", resume=True)
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+    assert resumed["test_acc"] == straight["test_acc"] and resumed["test_loss"] == straight["test_loss"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(DnasError, match="already exists"):
+        train_network(cfg, tmp_path / "a")
+    other = make_config(space, arch, "synthetic", **{**tiny, "epochs": 3})
+    with pytest.raises(DnasError, match="different settings"):
+        train_network(other, tmp_path / "a", resume=True)
+
+
+def test_genotype_from_run(tmp_path):
+    run = tmp_path / "search"
+    atomic_write_json(run / "config.json", {"space": "nb201", "dataset": "cifar100"})
+    atomic_write_json(run / "result.json", {"space": "nb201", "genotype": NB201_ARCH,
+                                            "selections": {"pt": {"genotype": NB201_ARCH.replace("none", "skip_connect")}}})
+    found = genotype_from_run(run)
+    assert found["genotype"] == NB201_ARCH and found["dataset"] == "cifar100" and found["space"] == "nb201"
+    assert "skip_connect~1|avg" in genotype_from_run(run, "pt")["genotype"]
+    with pytest.raises(DnasError, match="available: pt"):
+        genotype_from_run(run, "magnitude")
+    darts_run = tmp_path / "d"
+    atomic_write_json(darts_run / "result.json", {"space": "darts", "selections": {
+        "magnitude": {"genotype": DartsGenotype.parse(DARTS_G).to_json()}}})
+    assert genotype_from_run(darts_run, "magnitude")["genotype"] == str(DartsGenotype.parse(DARTS_G))
+    with pytest.raises(DnasError, match="--selection"):
+        genotype_from_run(darts_run)
+    with pytest.raises(DnasError, match="not found"):
+        genotype_from_run(tmp_path / "missing")
+
+
+def test_train_cli(tmp_path, capsys):
+    run = tmp_path / "search"
+    atomic_write_json(run / "config.json", {"space": "nb201", "dataset": "synthetic"})
+    atomic_write_json(run / "result.json", {"space": "nb201", "selections": {"pt": {"genotype": NB201_ARCH}}})
+    args = ["train", "--run", str(run), "--selection", "pt", "--out", str(tmp_path / "t"), "--epochs", "1",
+            "--channels", "4", "--layers", "1", "--batch-size", "32", "--subset", "64", "--test-subset", "40",
+            "--quiet"]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((tmp_path / "t" / "result.json").read_text())
+    assert printed["test_acc"] == result["test_acc"] and result["source"].endswith(":pt")
+    assert result["genotype"] == NB201_ARCH and result["dataset"] == "synthetic"
+    assert main(args + ["--resume"]) == 0  # already finished: returns the saved result
+    capsys.readouterr()
+    assert main(["train", "--arch", NB201_ARCH, "--out", str(tmp_path / "x")]) == 2  # no --space
+    assert main(["train", "--space", "nb201", "--arch", NB201_ARCH, "--selection", "pt",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert main(args) == 2  # exists
+    err = capsys.readouterr().err
+    assert "already exists" in err
