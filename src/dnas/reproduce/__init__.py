@@ -1,0 +1,119 @@
+"""Reproduction harness: a protocol's grid of searches and selections, run as resumable jobs (local
+processes or Ray tasks), and a report next to the papers' numbers.
+
+``reproduce("nb201-cpu", "out/")`` runs every unfinished job of the grid and writes ``out/report.md``,
+``out/report.json`` and ``out/accuracy.png``; ``report_only=True`` only rebuilds the report.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DnasError
+from ..io import atomic_write_json, read_json
+from .execute import LocalPool, Outcome, RayPool, run_jobs
+from .jobs import Job, plan
+from .protocols import PAPER, PROTOCOLS, PaperNumber, Protocol, get_protocol
+from .report import write_report
+
+__all__ = ["PAPER", "PROTOCOLS", "PaperNumber", "Protocol", "Reproduction", "get_protocol", "plan", "reproduce"]
+
+PROTOCOL_FILE = "protocol.json"
+
+
+@dataclass
+class Reproduction:
+    report: dict[str, Any]
+    outcome: Outcome | None      # None with report_only
+    jobs: list[Job]
+    pool: str = ""
+
+
+def _check_grid(protocol: Protocol) -> None:
+    """Every mode and method of the protocol exists here (before anything starts)."""
+    from ..search import get_mode
+    from ..select.run import get_method
+    for mode in protocol.modes:
+        get_mode(mode)
+        for method in protocol.methods(mode):
+            get_method(method)
+    if protocol.zeros:
+        get_method("zeros")
+
+
+def _check_out_dir(out: Path, protocol: Protocol, report_only: bool) -> None:
+    """An output directory holds one protocol version; other seeds may be added later."""
+    path = out / PROTOCOL_FILE
+    if path.exists():
+        saved = read_json(path)
+        mine = protocol.settings()
+        diff = sorted(k for k in set(saved) | set(mine) if k not in ("seeds", "summary") and saved.get(k) != mine.get(k))
+        if diff:
+            raise DnasError(f"{out} holds results of {saved.get('name')}@v{saved.get('version')} with other settings "
+                            f"({', '.join(diff)}); use another --out")
+    elif report_only:
+        raise DnasError(f"{out}: no reproduction here (no {PROTOCOL_FILE}); run without --report-only first")
+
+
+def _data_dir(protocol: Protocol, data_dir: str | None) -> str | None:
+    data_dir = data_dir or os.environ.get("DNAS_DATA_DIR") or None
+    if protocol.dataset.startswith("cifar"):
+        from ..data.cifar import resolve_data_dir
+        return str(resolve_data_dir(protocol.dataset, data_dir).resolve())
+    return data_dir
+
+
+def _default_workers(device: str) -> int:
+    """One job per core on a CPU; one per GPU when the jobs may use one."""
+    if device != "cpu":
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.device_count()
+    return os.cpu_count() or 1
+
+
+def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | None = None,
+              workers: int | None = None, threads: int | None = None, ray_address: str | None = None,
+              report_only: bool = False, table: str | None = None, data_dir: str | None = None,
+              device: str | None = None, quiet: bool = False,
+              say: Callable[[str], None] = print) -> Reproduction:
+    """Run (or resume) a protocol's grid in ``out`` and write its report."""
+    proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
+    seeds = list(proto.seeds if seeds is None else seeds)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise DnasError(f"--seeds needs distinct seeds, got {seeds}")
+    for name, v in (("--workers", workers), ("--threads", threads)):
+        if v is not None and v < 1:
+            raise DnasError(f"{name} must be >= 1, got {v}")
+    _check_grid(proto)
+    out = Path(out)
+    table = table or os.environ.get("DNAS_NB201_TABLE") or None
+    if table is not None:
+        if not Path(table).exists():
+            raise DnasError(f"NAS-Bench-201 table {table} does not exist")
+        table = str(Path(table).resolve())
+    _check_out_dir(out, proto, report_only)
+    pool: LocalPool | RayPool | None = None
+    if not report_only:  # everything that can fail on bad input, before anything is written
+        data_dir = _data_dir(proto, data_dir)
+        if ray_address:
+            pool = RayPool(ray_address, threads or 1, want_gpu=(device or proto.device) != "cpu")
+            workers = workers or max(1, pool.cluster_cpus() // (threads or 1))
+        else:
+            workers = workers or _default_workers(device or proto.device)
+            pool = LocalPool(threads or max(1, (os.cpu_count() or 1) // workers))
+    if not (out / PROTOCOL_FILE).exists():
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / PROTOCOL_FILE, proto.to_json())
+    jobs = plan(proto, seeds, data_dir=data_dir, device=device, table=table)
+    outcome, pool_desc = None, ""
+    if pool is not None:
+        pool_desc = f"{workers} worker(s): {pool.describe()}"
+        if not quiet:
+            say(f"{proto.id}: {len(jobs)} jobs, seeds {seeds}, {pool_desc}, output {out}")
+        outcome = run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
+    rep = write_report(out, proto, seeds, jobs, table)
+    return Reproduction(rep, outcome, jobs, pool_desc)
+

@@ -1,0 +1,234 @@
+"""Running the jobs: a dependency-aware scheduler over a pool of worker processes.
+
+Two pools with one interface. ``LocalPool`` starts each job as a subprocess on this machine.
+``RayPool`` runs the same subprocess as a Ray task on an existing cluster (``ray.init(address=...)``);
+it assumes every node sees the output directory at the same path (a shared file system) and has
+this package installed in the Python that runs its Ray workers.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import DnasError
+from ..io import atomic_write_json
+from .jobs import JOB, LOG, RUN, STATUS, Job, is_finished, job_dir, read_status, search_name
+
+
+def worker_command(path: str, threads: int) -> list[str]:
+    return [sys.executable, "-m", "dnas.reproduce.worker", path, "--threads", str(threads)]
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """Keep every worker's math libraries to its share of the cores (no oversubscription)."""
+    t = str(threads)
+    return {"OMP_NUM_THREADS": t, "MKL_NUM_THREADS": t, "OPENBLAS_NUM_THREADS": t, "DNAS_THREADS": t}
+
+
+def run_subprocess(path: str, threads: int, log: str) -> int:
+    """Run one job's worker, appending its output to ``log``; returns its exit code."""
+    with open(log, "ab") as f:
+        proc = subprocess.run(worker_command(path, threads), stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, **thread_env(threads)})
+    return proc.returncode
+
+
+class LocalPool:
+    """Jobs as subprocesses of this process."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Any] = {}
+
+    def describe(self) -> str:
+        return f"local processes, {self.threads} thread(s) each"
+
+    def submit(self, name: str, path: Path) -> None:
+        log = open(path / LOG, "ab")
+        self.logs[name] = log
+        self.procs[name] = subprocess.Popen(worker_command(str(path), self.threads), stdout=log,
+                                            stderr=subprocess.STDOUT, env={**os.environ, **thread_env(self.threads)})
+
+    def wait(self, timeout: float) -> list[tuple[str, int, str]]:
+        """(name, exit code, error text) of the jobs that ended within ``timeout`` seconds."""
+        deadline = time.time() + timeout
+        while True:
+            done = [(n, p.returncode) for n, p in self.procs.items() if p.poll() is not None]
+            if done or time.time() >= deadline:
+                break
+            time.sleep(min(0.2, max(0.0, deadline - time.time())))
+        for n, _ in done:
+            del self.procs[n]
+            self.logs.pop(n).close()
+        return [(n, rc, "") for n, rc in done]
+
+    def stop(self) -> None:
+        for p in self.procs.values():  # only the processes this pool started
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in self.logs.values():
+            log.close()
+        self.procs.clear()
+        self.logs.clear()
+
+
+class RayPool:
+    """Jobs as Ray tasks on an existing cluster; each task runs the worker subprocess on its node."""
+
+    def __init__(self, address: str, threads: int, want_gpu: bool = False):
+        try:
+            import ray
+        except ImportError:
+            raise DnasError("--ray needs Ray: pip install 'dnas[ray]'") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise DnasError(f"cannot connect to the Ray cluster at {address!r} ({str(e).splitlines()[0]})") from None
+        # one GPU per job when the protocol may use one and the cluster has any (else tasks would never start)
+        gpus = 1.0 if want_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        self.threads, self.gpus = threads, gpus
+        self.remote = ray.remote(run_subprocess).options(num_cpus=threads, num_gpus=gpus, max_retries=0)
+        self.refs: dict[Any, str] = {}
+
+    def describe(self) -> str:
+        return f"Ray tasks ({self.threads} CPU, {self.gpus:g} GPU each) on {self.ray.get_runtime_context().gcs_address}"
+
+    def cluster_cpus(self) -> int:
+        return int(self.ray.cluster_resources().get("CPU", 1))
+
+    def submit(self, name: str, path: Path) -> None:
+        ref = self.remote.remote(str(path.resolve()), self.threads, str((path / LOG).resolve()))
+        self.refs[ref] = name
+
+    def wait(self, timeout: float) -> list[tuple[str, int, str]]:
+        if not self.refs:
+            return []
+        ready, _ = self.ray.wait(list(self.refs), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            name = self.refs.pop(ref)
+            try:
+                out.append((name, int(self.ray.get(ref)), ""))
+            except Exception as e:  # noqa: BLE001  (a lost node or worker: the job failed, the grid goes on)
+                out.append((name, -1, f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0]}"))
+        return out
+
+    def stop(self) -> None:
+        for ref in list(self.refs):
+            self.ray.cancel(ref, force=True)
+        self.refs.clear()
+
+
+@dataclass
+class Outcome:
+    done: list[str]
+    failed: dict[str, str]      # name -> reason
+    blocked: dict[str, str]     # name -> the failed dependency
+    skipped: list[str]          # finished before this call
+
+
+def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool = False,
+             say: Callable[[str], None] = print) -> Outcome:
+    """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock."""
+    out = Path(out)
+    by_name = {j.name: j for j in jobs}
+    finished = {j.name for j in jobs if is_finished(out, j)}
+    skipped = [j.name for j in jobs if j.name in finished]
+    pending = [j for j in jobs if j.name not in finished]
+    running: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    blocked: dict[str, str] = {}
+    done: list[str] = []
+    total = len(pending)
+    log = (lambda msg: None) if quiet else (lambda msg: say(f"[{time.strftime('%H:%M:%S')}] {msg}"))
+    if skipped:
+        log(f"{len(skipped)} of {len(jobs)} jobs already finished")
+    for j in jobs:
+        path = job_dir(out, j.name)
+        path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path / JOB, j.spec)
+    last_progress = time.time()
+    try:
+        while pending or running:
+            for j in list(pending):  # block the jobs whose dependencies failed
+                bad = next((d for d in j.deps if d in failed or d in blocked), None)
+                if bad is not None:
+                    pending.remove(j)
+                    blocked[j.name] = bad
+                    log(f"skip {j.name}: {bad} failed")
+            locks = {by_name[n].lock for n in running if by_name[n].lock}
+            for j in list(pending):
+                if len(running) >= workers:
+                    break
+                if all(d in finished for d in j.deps) and (j.lock is None or j.lock not in locks):
+                    pending.remove(j)
+                    pool.submit(j.name, job_dir(out, j.name))
+                    running[j.name] = time.time()
+                    if j.lock:
+                        locks.add(j.lock)
+                    log(f"start {j.name} ({j.kind})")
+            if not running:
+                break  # everything left is blocked
+            for name, rc, why in pool.wait(timeout=5.0):
+                secs = time.time() - running.pop(name)
+                if rc == 0 and is_finished(out, by_name[name]):
+                    finished.add(name)
+                    done.append(name)
+                    log(f"done  {name} in {secs:.0f} s ({len(done) + len(failed)}/{total})")
+                else:
+                    reason = why or _failure(out, name, rc)
+                    failed[name] = reason
+                    _mark_failed(out, name, rc, reason)
+                    log(f"FAIL  {name} after {secs:.0f} s: {reason}")
+            if not quiet and running and time.time() - last_progress > 120:
+                last_progress = time.time()
+                log("running: " + ", ".join(f"{n} {_progress(out, by_name[n])}" for n in running))
+    except BaseException:
+        pool.stop()  # jobs are resumable: stopping them loses at most the current epoch
+        raise
+    return Outcome(done, failed, blocked, skipped)
+
+
+def _failure(out: Path, name: str, rc: int) -> str:
+    status = read_status(out, name)
+    if status.get("error"):
+        return f"exit {rc}: {status['error']}"
+    tail = ""
+    log = job_dir(out, name) / LOG
+    if log.exists():
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        tail = lines[-1][:300] if lines else ""
+    return f"exit {rc}" + (f": {tail}" if tail else "")
+
+
+def _mark_failed(out: Path, name: str, rc: int, reason: str) -> None:
+    status = read_status(out, name)
+    status.update(state="failed", exit_code=rc)
+    status.setdefault("error", reason)  # the worker's own message when it wrote one
+    atomic_write_json(job_dir(out, name) / STATUS, status)
+
+
+def _progress(out: Path, job: Job) -> str:
+    """How far a job is, from the files it writes: search epochs, or progressive-selection tune epochs."""
+    run = job_dir(out, search_name(job.mode, job.seed)) / RUN if job.mode else None
+    if run is None:
+        return ""
+    if job.kind == "search":
+        path, total = run / "metrics.jsonl", job.spec.get("config", {}).get("epochs", "?")
+        what = "epoch"
+    else:
+        path, total, what = run / "selections" / f"{job.method}.tune.jsonl", "", "tune epoch"
+    n = sum(1 for _ in open(path)) if path.exists() else 0
+    return f"({what} {n}{'/' + str(total) if total else ''})"

@@ -1,0 +1,211 @@
+"""Reproduction harness: the smoke protocol end to end (local processes and a local Ray instance), job
+bookkeeping (finished jobs are not rerun, deleted outputs are redone, failures block dependants and are
+reported), protocol settings and CLI errors."""
+import json
+import subprocess
+import sys
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+from dnas.cli import main
+from dnas.errors import DnasError
+from dnas.reproduce import get_protocol, plan, reproduce
+from dnas.reproduce.execute import run_jobs
+from dnas.reproduce.jobs import is_finished, job_dir, read_status, selection_file
+
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory) -> str:
+    """A complete fake NAS-Bench-201 table (every architecture, made-up accuracies) in the shared format."""
+    path = tmp_path_factory.mktemp("nb201") / "fake_nb201.csv"
+    lines = ["arch_index,arch_str,iso_class,cifar10_test,cifar100_test,imagenet16_test"]
+    for i, ops in enumerate(product(NB201_OPS, repeat=6)):
+        arch = f"|{ops[0]}~0|+|{ops[1]}~0|{ops[2]}~1|+|{ops[3]}~0|{ops[4]}~1|{ops[5]}~2|"
+        score = sum(NB201_OPS.index(o) for o in ops)  # more convs, higher accuracy
+        lines.append(f"{i},{arch},{i},{50 + 2 * score:.2f},{20 + score:.2f},{10 + score:.2f}")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def cli(args, capsys):
+    try:
+        code = main(args)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def check_report(out: Path, seeds: list[int]) -> dict:
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["protocol_id"] == "smoke@v1" and rep["seeds"] == seeds
+    labels = [r["label"] for r in rep["rows"]]
+    assert labels == ["DARTS + magnitude", "DARTS + PT (DARTS-PT)", "DARTS + OStr (OStr-DARTS)", "fix α + magnitude",
+                      "fix α + PT (DARTS-PT fix α)", "ZEROS at init (training-free)"]
+    for r in rep["rows"]:
+        assert r["n"] == len(seeds), r
+        for s in r["seeds"]:
+            assert s["genotype"].startswith("|") and s["cifar10"] is not None and 0 < s["percentile"] <= 100
+        assert r["cifar10"]["mean"] is not None
+        assert r["devices"] == ["cpu (1 thread)"]
+    assert not rep["jobs"]["failed"] and not rep["jobs"]["unfinished"]
+    md = (out / "report.md").read_text()
+    assert "| DARTS + magnitude | 1 |" in md and "54.30" in md and "93.80" in md and "not reported" in md
+    assert (out / "accuracy.png").stat().st_size > 1000
+    return rep
+
+
+def attempts(out: Path) -> dict[str, int]:
+    return {p.name: read_status(out, p.name).get("attempts", 0) for p in (out / "jobs").iterdir()}
+
+
+def test_smoke_local_runs_resumes_and_rebuilds(tmp_path, capsys, table):
+    out = tmp_path / "smoke"
+    args = ["reproduce", "smoke", "--out", str(out), "--seeds", "0", "--workers", "2", "--threads", "1",
+            "--table", table, "--quiet"]
+    code, stdout, err = cli(args, capsys)
+    assert code == 0, err
+    assert "6/6 jobs finished, 0 failed" in stdout
+    check_report(out, [0])
+    first = attempts(out)
+    assert set(first) == {"zeros-s0", "darts1-s0", "fixed-s0", "darts1-s0-pt", "darts1-s0-ostr", "fixed-s0-pt"}
+    assert set(first.values()) == {1}
+    for name in first:  # every job logged to its own file
+        assert (out / "jobs" / name / "log.txt").read_text().count("attempt 1") == 1
+
+    # a finished job is never rerun; a job whose output is gone is redone (and only that one); a search
+    # cut off before it was marked finished resumes from its checkpoint instead of starting over
+    (out / "jobs" / "fixed-s0" / "run" / "selections" / "pt.json").unlink()
+    result = out / "jobs" / "darts1-s0" / "run" / "result.json"
+    result.write_text(json.dumps({k: v for k, v in json.loads(result.read_text()).items() if k != "finished"}))
+    assert cli(args, capsys)[0] == 0
+    again = attempts(out)
+    assert again == {**first, "fixed-s0-pt": 2, "darts1-s0": 2}
+    assert len((out / "jobs" / "darts1-s0" / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+    check_report(out, [0])
+
+    # the report can be rebuilt at any time, from the job directories only
+    (out / "report.md").unlink()
+    code, stdout, _ = cli(["reproduce", "smoke", "--out", str(out), "--seeds", "0", "--report-only",
+                           "--table", table], capsys)
+    assert code == 0 and (out / "report.md").exists() and attempts(out) == again
+
+
+def test_smoke_on_a_local_ray_instance(tmp_path, table):
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dnas[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        out = tmp_path / "smoke-ray"
+        proc = subprocess.run([sys.executable, "-m", "dnas", "reproduce", "smoke", "--out", str(out), "--seeds", "0",
+                               "--ray", address, "--table", table, "--quiet"],
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        check_report(out, [0])
+        assert set(attempts(out).values()) == {1}
+    finally:
+        ray.shutdown()
+
+
+# -- bookkeeping without processes ------------------------------------------------------------------------
+
+class FakePool:
+    """Finishes jobs instantly by writing their output files; fails the names in ``fail``."""
+
+    def __init__(self, out: Path, jobs, fail=()):
+        self.out, self.by_name, self.fail = out, {j.name: j for j in jobs}, set(fail)
+        self.running: list[str] = []
+        self.started: list[str] = []
+        self.max_running = 0
+        self.lock_clash = False
+
+    def submit(self, name, path):
+        locks = [self.by_name[n].lock for n in self.running if self.by_name[n].lock]
+        self.lock_clash |= self.by_name[name].lock in locks
+        self.running.append(name)
+        self.started.append(name)
+        self.max_running = max(self.max_running, len(self.running))
+
+    def wait(self, timeout):
+        name = self.running.pop(0)
+        job = self.by_name[name]
+        if name in self.fail:
+            (job_dir(self.out, name) / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
+            return [(name, 1, "")]
+        f = selection_file(self.out, job)
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(json.dumps({"genotype": "x"}))
+        if job.kind == "search":
+            (f.parent.parent / "result.json").write_text(json.dumps({"finished": "now"}))
+        return [(name, 0, "")]
+
+    def stop(self):
+        pass
+
+
+def test_scheduler_order_locks_and_failures(tmp_path):
+    proto = get_protocol("smoke")
+    jobs = plan(proto, [0, 1])
+    pool = FakePool(tmp_path, jobs, fail={"darts1-s1"})
+    res = run_jobs(jobs, tmp_path, pool, workers=3, quiet=True)
+    assert pool.max_running <= 3 and not pool.lock_clash
+    for j in jobs:  # dependencies first
+        for d in j.deps:
+            if j.name in pool.started:
+                assert pool.started.index(d) < pool.started.index(j.name)
+    assert res.failed == {"darts1-s1": "exit 1: boom"}
+    assert set(res.blocked) == {"darts1-s1-pt", "darts1-s1-ostr"}
+    assert all(is_finished(tmp_path, j) for j in jobs if j.name not in res.failed and j.name not in res.blocked)
+    # a second call reruns only what is not finished
+    pool2 = FakePool(tmp_path, jobs)
+    res2 = run_jobs(jobs, tmp_path, pool2, workers=2, quiet=True)
+    assert pool2.started == ["darts1-s1", "darts1-s1-pt", "darts1-s1-ostr"] and not res2.failed
+
+
+def test_grid_of_each_protocol():
+    cpu = get_protocol("nb201-cpu")
+    jobs = plan(cpu, list(cpu.seeds))
+    kinds = [j.kind for j in jobs]
+    assert len(cpu.seeds) == 3 and kinds.count("zeros") == 3 and kinds.count("search") == 6
+    assert sorted(j.name for j in jobs if j.kind == "select") == sorted(
+        f"{m}-s{s}-{x}" for s in cpu.seeds for m, xs in (("darts1", ("pt", "ostr")), ("fixed", ("pt",))) for x in xs)
+    assert all(j.deps == (f"{j.mode}-s{j.seed}",) for j in jobs if j.kind == "select")
+    assert cpu.dataset == "cifar10" and cpu.device == "cpu" and "measured" in cpu.rationale.lower()
+    paper = get_protocol("nb201-paper")
+    cfg = paper.search_config("darts1", 0)
+    assert (cfg.channels, cfg.cells, cfg.resolution, cfg.subset, cfg.train_portion, cfg.epochs) == (16, 5, None, None,
+                                                                                                     0.5, 100)
+    assert paper.options("pt")["proj_intv"] == 5 and len(paper.seeds) == 4
+    fixed = paper.search_config("fixed", 3)
+    assert fixed.mode == "fixed" and fixed.seed == 3
+
+
+def test_an_output_directory_keeps_one_protocol(tmp_path, table):
+    proto = get_protocol("smoke")
+    out = tmp_path / "o"
+    with pytest.raises(DnasError, match="no reproduction here"):
+        reproduce(proto, out, report_only=True)
+    (out).mkdir()
+    (out / "protocol.json").write_text(json.dumps({**proto.to_json(), "epochs": 7}))
+    with pytest.raises(DnasError, match="other settings.*epochs"):
+        reproduce(proto, out, report_only=True)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["reproduce", "nope", "--out", "{tmp}/o"], "unknown protocol"),
+    (["reproduce", "smoke", "--out", "{tmp}/o", "--seeds", "a,b"], "--seeds"),
+    (["reproduce", "smoke", "--out", "{tmp}/o", "--seeds", "1,1"], "distinct"),
+    (["reproduce", "smoke", "--out", "{tmp}/o", "--workers", "0"], "--workers"),
+    (["reproduce", "smoke", "--out", "{tmp}/o", "--report-only"], "no reproduction here"),
+    (["reproduce", "smoke", "--out", "{tmp}/o", "--table", "{tmp}/none.csv"], "does not exist"),
+    (["reproduce", "nb201-cpu", "--out", "{tmp}/o", "--data-dir", "{tmp}/nowhere"], "does not exist"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, needle):
+    monkeypatch.delenv("DNAS_DATA_DIR", raising=False)
+    code, _, err = cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert not (tmp_path / "o" / "jobs").exists()
