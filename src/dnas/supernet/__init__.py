@@ -7,6 +7,7 @@ from ..errors import DnasError
 from ..spaces import Space
 from .arch_state import ACTIVATIONS, ArchState
 from .darts import DartsSupernet
+from .fast import build_fast
 from .nb201 import Nb201Network, Nb201Supernet
 
 DEFAULT_CELLS = {"nb201": 5, "darts": 8}
@@ -40,7 +41,7 @@ def _reference(space: Space, arch: ArchState, channels: int, cells: int, num_cla
     return DartsSupernet(arch, channels, cells, num_classes, in_channels)
 
 
-IMPLS = {"reference": _reference}
+IMPLS = {"reference": _reference, "fast": build_fast}
 
 
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -1,0 +1,359 @@
+"""Time one DARTS first-order search iteration (weight step + α step) per supernet implementation.
+
+    .venv/bin/python benchmarks/supernet_step.py              # full size, CPU, 2 threads (several minutes)
+    .venv/bin/python benchmarks/supernet_step.py --quick      # seconds-long smoke run
+    .venv/bin/python benchmarks/supernet_step.py --device cuda --amp bf16
+
+Prints one JSON line per (implementation, space): ``dnas`` (the fast path), ``dnas-reference`` (the
+per-op loop) and, on NB201, ``xautodl`` (NAS-Bench-201's own ``TinyNetworkDarts``, ``pip install
+-e '.[bench]'`` or ``pip install --no-deps xautodl==1.0.0``). Implementations are timed interleaved,
+iteration by iteration, in rotating order, so machine drift hits all of them alike; compare ratios
+from one invocation only.
+
+- weight step: forward, cross-entropy, backward into w only, clip 5, SGD (momentum 0.9, wd 3e-4);
+- α step (first order): forward on a second batch, ∇α only (``torch.autograd.grad``), Adam;
+- FLOPs: convolutions and matmuls counted with ``torch.utils.flop_counter`` on the reference model
+  (the same work for every implementation); the counter's grouped-conv weight-gradient formula is
+  replaced by the exact one (torch 2.13 overcounts it by ``groups``);
+- utilisation: achieved GFLOP/s of the whole iteration / fp32 matmul GFLOP/s timed in the same run;
+- peak RSS: a fresh subprocess per implementation that builds the model and runs one iteration
+  (one process can only report its own peak once).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:
+    from dnas.spaces import get_space
+    from dnas.supernet import build_supernet, weight_parameters
+except ImportError:  # run from a fresh clone without an editable install
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from dnas.spaces import get_space
+    from dnas.supernet import build_supernet, weight_parameters
+
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
+
+IMPL_NAMES = {"dnas": "fast", "dnas-reference": "reference"}
+SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl"), "darts": ("dnas", "dnas-reference")}
+NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
+
+
+# -- models ------------------------------------------------------------------------------------------
+class Bench:
+    """One implementation under test: a model, its two optimizers and the two timed steps."""
+
+    def __init__(self, impl: str, model: nn.Module, weights: list[torch.Tensor], alphas: list[torch.Tensor],
+                 logits: Callable[[torch.Tensor], torch.Tensor], amp: torch.dtype | None, device: str):
+        self.impl, self.model, self.weights, self.alphas, self.logits = impl, model, weights, alphas, logits
+        self.amp, self.device = amp, device
+        self.w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
+        self.a_opt = torch.optim.Adam(alphas, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.split(":")[0], dtype=self.amp, enabled=self.amp is not None):
+            return F.cross_entropy(self.logits(x), y)
+
+    def w_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.w_opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(self._loss(x, y), inputs=self.weights)
+        nn.utils.clip_grad_norm_(self.weights, 5.0)
+        self.w_opt.step()
+
+    def alpha_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.a_opt.zero_grad(set_to_none=True)
+        grads = torch.autograd.grad(self._loss(x, y), self.alphas)
+        for a, g in zip(self.alphas, grads):
+            a.grad = g
+        self.a_opt.step()
+
+
+def build_bench(impl: str, space_name: str, args: argparse.Namespace) -> Bench:
+    torch.manual_seed(0)
+    amp = torch.bfloat16 if args.amp == "bf16" else None
+    if impl == "xautodl":
+        from xautodl.models.cell_searchs import TinyNetworkDarts  # optional dependency (the bench extra)
+
+        # NAS-Bench-201's DARTS search setting: non-affine BN that tracks running statistics.
+        model = TinyNetworkDarts(args.channels, args.nb201_cells, 4, 10, NB201_OPS, False, True).to(args.device)
+        alphas = list(model.get_alphas())
+        ids = {id(a) for a in alphas}
+        weights = [p for p in model.parameters() if id(p) not in ids]
+        return Bench(impl, model, weights, alphas, lambda x: model(x)[1], amp, args.device)
+    space = get_space(space_name)
+    cells = args.nb201_cells if space.family == "nb201" else args.darts_cells
+    model = build_supernet(space, channels=args.channels, cells=cells, impl=IMPL_NAMES[impl]).to(args.device)
+    return Bench(impl, model, weight_parameters(model), list(model.arch.parameters()), model, amp, args.device)
+
+
+# -- FLOPs -------------------------------------------------------------------------------------------
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """Each of grad-input and grad-weight costs what the forward costs (grouped convolutions included)."""
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
+def counted_flops(fn: Callable[[], None]) -> int:
+    mode = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+    with mode:
+        fn()
+    return mode.get_total_flops()
+
+
+# -- timing ------------------------------------------------------------------------------------------
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], None], device: str) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def matmul_seconds(n: int, device: str, dtype: torch.dtype) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    return timed(lambda: a @ b, device)
+
+
+def device_label(device: str, threads: int) -> str:
+    if device.startswith("cuda"):
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    model = platform.processor() or "cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"cpu ({model}, {os.cpu_count()} cores, {threads} threads)"
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process image.
+
+    Linux's ``ru_maxrss`` survives exec, so a child spawned by a big parent reports the parent's size;
+    ``VmHWM`` belongs to the current address space only.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def probe_memory(impl: str, space: str, args: argparse.Namespace) -> float | None:
+    """Peak RSS of a fresh process that builds ``impl`` and runs one weight + α step."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", impl, "--space", space,
+           "--batch", str(args.batch), "--channels", str(args.channels), "--resolution", str(args.resolution),
+           "--nb201-cells", str(args.nb201_cells), "--darts-cells", str(args.darts_cells),
+           "--threads", str(args.threads), "--device", args.device] + (["--amp", args.amp] if args.amp else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            return json.loads(line)["peak_rss_mb"]
+    return None
+
+
+def batches(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+    g = torch.Generator().manual_seed(1)
+    out = []
+    for _ in range(2):  # a train batch for the weight step, a validation batch for the α step
+        x = torch.randn(args.batch, 3, args.resolution, args.resolution, generator=g).to(args.device)
+        y = torch.randint(0, 10, (args.batch,), generator=g).to(args.device)
+        out.append((x, y))
+    return tuple(out)
+
+
+def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]) -> None:
+    benches: list[Bench] = []
+    for impl in args.impls:
+        if impl not in SPACE_IMPLS[space]:
+            continue
+        try:
+            benches.append(build_bench(impl, space, args))
+        except Exception as e:  # xautodl missing or broken: say so, time the rest
+            emit({"impl": impl, "space": space, "error": f"{type(e).__name__}: {e}".splitlines()[0]})
+    if not benches:
+        return
+    (xt, yt), (xv, yv) = batches(args)
+    label = device_label(args.device, args.threads)
+    mm_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
+
+    # Work per iteration, counted once on the reference computation (the same for every implementation).
+    # Conv and matmul FLOPs are linear in the batch: count on a small slice of it and scale.
+    n = min(args.batch, 8)
+    work = {}
+    for b in benches:
+        if b.impl in ("dnas-reference", "xautodl") or len(benches) == 1:
+            fwd = counted_flops(lambda: b.model(xt[:n]))
+            step = counted_flops(lambda: b.w_step(xt[:n], yt[:n])) + counted_flops(lambda: b.alpha_step(xv[:n], yv[:n]))
+            work[b.impl] = (fwd * args.batch // n, step * args.batch // n)
+    ref_work = work.get("dnas-reference") or next(iter(work.values()))
+
+    samples: dict[str, dict[str, list[float]]] = {b.impl: {"w": [], "a": [], "it": []} for b in benches}
+    peak_gpu: dict[str, float] = {}
+    matmul: list[float] = []
+    total = args.warmup + args.iters
+    progress = _progress(total, f"{space}", args.quiet)
+    for it in range(total):
+        order = benches[it % len(benches):] + benches[:it % len(benches)]  # rotate: nobody always goes first
+        for b in order:
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats(args.device)
+            w = timed(lambda: b.w_step(xt, yt), args.device)
+            a = timed(lambda: b.alpha_step(xv, yv), args.device)
+            if args.device.startswith("cuda"):
+                peak_gpu[b.impl] = max(peak_gpu.get(b.impl, 0.0), torch.cuda.max_memory_allocated(args.device) / 2**20)
+            if it >= args.warmup:
+                s = samples[b.impl]
+                s["w"].append(w)
+                s["a"].append(a)
+                s["it"].append(w + a)
+        if it >= args.warmup:
+            matmul.append(2 * args.matmul_n ** 3 / matmul_seconds(args.matmul_n, args.device, mm_dtype) / 1e9)
+        progress.update(1)
+    progress.close()
+
+    mm = statistics.median(matmul)
+    rows = {}
+    for b in benches:
+        s = samples[b.impl]
+        it_s = statistics.median(s["it"])
+        fwd, step = work.get(b.impl, ref_work)
+        row = {"impl": b.impl, "space": space, "device": label, "amp": args.amp, "batch": args.batch,
+               "channels": args.channels,
+               "cells": args.nb201_cells if space == "nb201" else args.darts_cells,
+               "resolution": args.resolution, "iters": args.iters,
+               "w_step_ms": round(1e3 * statistics.median(s["w"]), 1),
+               "alpha_step_ms": round(1e3 * statistics.median(s["a"]), 1),
+               "iteration_ms": round(1e3 * it_s, 1),
+               "images_per_s": round(args.batch / it_s, 2),
+               "forward_gflop": round(fwd / 1e9, 3), "iteration_gflop": round(step / 1e9, 3),
+               "achieved_gflops": round(step / it_s / 1e9, 2), "matmul_gflops": round(mm, 1),
+               "utilisation": round(step / it_s / 1e9 / mm, 4)}
+        if args.device.startswith("cuda"):
+            row["peak_gpu_mb"] = round(peak_gpu[b.impl], 1)
+        row["peak_rss_mb"] = _memory(b.impl, space, args)
+        rows[b.impl] = row
+        emit(row)
+    summary: dict = {"summary": space, "device": label}
+    if "dnas" in rows:
+        for other in ("dnas-reference", "xautodl"):
+            if other in rows:
+                key = other.replace("dnas-", "")
+                summary[f"speedup_vs_{key}"] = round(rows["dnas"]["images_per_s"] / rows[other]["images_per_s"], 2)
+                if rows["dnas"]["peak_rss_mb"] and rows[other]["peak_rss_mb"]:
+                    summary[f"rss_ratio_vs_{key}"] = round(rows["dnas"]["peak_rss_mb"] / rows[other]["peak_rss_mb"], 2)
+    emit(summary)
+
+
+def _memory(impl: str, space: str, args: argparse.Namespace) -> float | None:
+    if args.memory == "probe":
+        v = probe_memory(impl, space, args)
+        return None if v is None else round(v, 1)
+    if args.memory == "process":  # whole-process peak so far: an upper bound, cheap (used by --quick)
+        return round(peak_rss_mb(), 1)
+    return None
+
+
+class _NoProgress:
+    def update(self, n: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(total: int, desc: str, quiet: bool):
+    if quiet:
+        return _NoProgress()
+    try:
+        from tqdm import tqdm
+        return tqdm(total=total, desc=desc, unit="it", file=sys.stderr)
+    except ImportError:
+        return _NoProgress()
+
+
+def _probe(args: argparse.Namespace) -> None:
+    b = build_bench(args.probe, args.space[0], args)
+    (xt, yt), (xv, yv) = batches(args)
+    b.w_step(xt, yt)
+    b.alpha_step(xv, yv)
+    _sync(args.device)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", nargs="+", choices=("nb201", "darts"), default=["nb201", "darts"])
+    p.add_argument("--impls", nargs="+", choices=("dnas", "dnas-reference", "xautodl"),
+                   default=["dnas", "dnas-reference", "xautodl"])
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per implementation (after warm-up)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--nb201-cells", type=int, default=5, help="NB201 N (cells per stage)")
+    p.add_argument("--darts-cells", type=int, default=8, help="DARTS-space layers")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", choices=("bf16",), default=None, help="autocast dtype (CUDA)")
+    p.add_argument("--matmul-n", type=int, default=2048, help="size of the reference fp32 matmul")
+    p.add_argument("--memory", choices=("probe", "process", "off"), default="probe",
+                   help="peak RSS per implementation from a fresh subprocess (probe), this process, or not at all")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, 1 thread: a smoke run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.batch, args.channels, args.resolution = 8, 4, 16
+        args.nb201_cells, args.darts_cells, args.iters, args.warmup, args.matmul_n = 1, 3, 2, 1, 256
+        args.memory, args.quiet, args.threads = "process", True, 1
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1:
+        p.error("--iters >= 1, --warmup >= 0, --batch >= 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.probe:
+        _probe(args)
+        return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(json.dumps({"error": "--device cuda but CUDA is not available"}))
+        return 2
+
+    def emit(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+
+    emit({"benchmark": "supernet_step", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+          "device": device_label(args.device, args.threads), "threads": args.threads,
+          "python": platform.python_version(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
+    for space in args.space:
+        run_space(space, args, emit)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

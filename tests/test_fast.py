@@ -1,0 +1,203 @@
+"""The fast supernet computes what the reference per-op loop computes: outputs, losses, gradients (w and α)
+and BN running statistics, in train and eval mode, with masks, fixed edges and one-hot overrides.
+
+Two tiers. fp32 (the issue's criterion): within 1e-5 relative. float64: within 1e-10 on every space
+with every rewrite forced on; it proves the two compute the same function. fp32 alone cannot: any
+change of summation order can flip the sign of a ReLU input within ~1e-7 of 0, which changes that
+element's gradient entirely (measured: the reference itself, run in channels-last fp32 on 16x16
+inputs, differs by 12% in one gradient from its NCHW run for exactly this reason). So the fp32 tier
+uses sizes where no activation sits that close to 0.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnas.spaces import get_space
+from dnas.supernet import IMPLS, build_supernet, fast_ops
+
+REPO = Path(__file__).resolve().parents[1]
+ALL_SPACES = ["nb201", "darts", "s1", "s2", "s3", "s4", "s5"]
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+
+
+def _pair(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """A reference supernet with random α and weights, and a fast one loaded from its state_dict."""
+    space = get_space(name)
+    cells = 1 if space.family == "nb201" else 3
+    torch.manual_seed(seed)
+    ref = build_supernet(space, channels=4, cells=cells, impl="reference")
+    with torch.no_grad():
+        for a in ref.arch.alphas.values():
+            a.normal_()
+    fast = build_supernet(space, channels=4, cells=cells, impl="fast")
+    fast.load_state_dict(ref.state_dict())
+    return space, ref.to(dtype), fast.to(dtype)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, what: str, floor: float = 0.0) -> None:
+    """|a - b| <= tol * max(b's largest magnitude, floor).
+
+    Elementwise relative error is meaningless near 0; ``floor`` is the scale of the quantities a
+    structurally-zero tensor is computed from (a BN-invariant bias gradient, the running mean of a
+    zero-mean node), where rounding, not the implementation, sets the difference.
+    """
+    tol = TOL.get(b.dtype, 1e-5)
+    scale = max(float(b.detach().abs().max()) if b.numel() else 0.0, floor, 1e-30)
+    torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol * scale, msg=lambda m: f"{what}: {m}")
+
+
+def _step(model, x, y, seed: int):
+    """Forward (RNG seeded, for S4's noise op), loss, gradients of every parameter."""
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    out = model(x)
+    loss = F.cross_entropy(out, y)
+    loss.backward()
+    return out, loss, {n: p.grad for n, p in model.named_parameters()}
+
+
+def _assert_same(ref, fast, x, y, train: bool, seed: int = 1) -> None:
+    ref.train(train)
+    fast.train(train)
+    out_r, loss_r, g_r = _step(ref, x, y, seed)
+    out_f, loss_f, g_f = _step(fast, x, y, seed)
+    _close(out_f, out_r, "logits")
+    _close(loss_f, loss_r, "loss")
+    assert g_f.keys() == g_r.keys()
+    largest = max(float(g.abs().max()) for g in g_r.values() if g is not None)
+    for n in g_r:
+        # None vs zeros matters: SGD applies weight decay and momentum to a zero gradient
+        assert (g_f[n] is None) == (g_r[n] is None), f"gradient presence differs for {n}"
+        if g_r[n] is not None:
+            _close(g_f[n], g_r[n], f"grad {n}", floor=0.01 * largest)
+    buffers_r = dict(ref.named_buffers())
+    for n, b in fast.named_buffers():
+        if n.endswith("running_mean"):  # on the scale of the data: its standard deviation
+            std = float(buffers_r[n[: -len("mean")] + "var"].max()) ** 0.5
+            _close(b, buffers_r[n], f"buffer {n}", floor=std)
+        elif n.endswith("num_batches_tracked"):
+            assert int(b) == int(buffers_r[n]), f"buffer {n}"
+        else:
+            _close(b, buffers_r[n], f"buffer {n}")
+
+
+def _batch(size: int = 8, n: int = 4, dtype: torch.dtype = torch.float32):
+    return torch.randn(n, 3, size, size, dtype=dtype), torch.randint(0, 10, (n,))
+
+
+def _decide_some(space, arch) -> None:
+    """PT-style decisions: fix an edge, remove an edge and an op, so some weights are exactly 0."""
+    for ct, spec in space.cells.items():
+        arch.fix_edge(ct, 0, spec.num_ops - 1)
+        arch.remove_edge(ct, spec.num_edges - 1)
+        arch.remove_op(ct, 1, 0)
+
+
+def test_fast_impl_is_registered():
+    assert "fast" in IMPLS
+
+
+@pytest.mark.parametrize("name", ALL_SPACES)
+def test_fast_equals_reference_fp32(name):
+    space, ref, fast = _pair(name)
+    x, y = _batch()
+    _assert_same(ref, fast, x, y, train=True)
+    _assert_same(ref, fast, x, y, train=True, seed=2)  # running stats have moved: second step too
+    _assert_same(ref, fast, x, y, train=False)
+
+
+@pytest.mark.parametrize("name", ALL_SPACES)
+def test_fast_equals_reference_float64_all_rewrites(monkeypatch, name):
+    # Tiny tensors skip the polyphase / 5x5-weight-gradient rewrites; force them on. 12x12 inputs give
+    # odd 3x3 maps in the last DARTS cell, where the polyphase path must fall back.
+    monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
+    space, ref, fast = _pair(name, seed=5, dtype=torch.float64)
+    x, y = _batch(size=12, n=2, dtype=torch.float64)
+    _assert_same(ref, fast, x, y, train=True)
+    _assert_same(ref, fast, x, y, train=False)
+    for model in (ref, fast):
+        _decide_some(space, model.arch)
+    _assert_same(ref, fast, x, y, train=True)
+
+
+@pytest.mark.parametrize("name", ["nb201", "darts", "s1", "s4"])
+def test_fast_equals_reference_with_masks_and_fixed_edges(name):
+    space, ref, fast = _pair(name, seed=3)
+    for model in (ref, fast):
+        _decide_some(space, model.arch)
+    x, y = _batch()
+    _assert_same(ref, fast, x, y, train=True)
+    _assert_same(ref, fast, x, y, train=False)
+
+
+@pytest.mark.parametrize("name", ["nb201", "darts"])
+def test_fast_equals_reference_under_one_hot_override(name):
+    # SPOS-style sample: only the sampled path runs; an all-zero row leaves dead ends and zero nodes.
+    space, ref, fast = _pair(name, seed=4)
+    gen = torch.Generator().manual_seed(0)
+    sample = {}
+    for ct, spec in space.cells.items():
+        idx = torch.randint(0, spec.num_ops, (spec.num_edges,), generator=gen)
+        w = F.one_hot(idx, spec.num_ops).float()
+        w[0] = 0.0
+        sample[ct] = w
+    x, y = _batch()
+    with ref.arch.overriding(sample), fast.arch.overriding(sample):
+        _assert_same(ref, fast, x, y, train=True)
+
+
+def test_fast_double_backward_matches_reference(monkeypatch):
+    # Hessian-vector products in α (e.g. dominant-eigenvalue analyses) go through the custom backward.
+    monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
+    _, ref, fast = _pair("darts", seed=6, dtype=torch.float64)
+    x, y = _batch(n=2, dtype=torch.float64)
+    hvps = []
+    for model in (ref, fast):
+        alphas = list(model.arch.parameters())
+        grads = torch.autograd.grad(F.cross_entropy(model(x), y), alphas, create_graph=True)
+        gen = torch.Generator().manual_seed(0)
+        v = [torch.randn(g.shape, generator=gen, dtype=g.dtype) for g in grads]
+        hvps.append(torch.autograd.grad(sum((g * u).sum() for g, u in zip(grads, v)), alphas))
+    for a, b in zip(*hvps):
+        _close(b, a, "Hessian-vector product")
+
+
+def test_fast_skips_zero_weight_ops():
+    space, _, fast = _pair("nb201")
+    spec = space.cells["cell"]
+    calls = []
+    for cell in fast.layers:
+        for mixed in getattr(cell, "mixed", []):
+            for op in mixed.ops:
+                op.register_forward_hook(lambda *a: calls.append(1))
+    only_skip = torch.zeros(spec.num_edges, spec.num_ops)
+    only_skip[:, spec.op_index(0, "skip_connect")] = 1.0
+    with fast.arch.overriding({"cell": only_skip}):
+        fast(torch.randn(2, 3, 8, 8))
+    assert calls == []  # skip needs no module call; convs and pools never ran
+
+
+def test_state_dicts_are_interchangeable():
+    _, ref, fast = _pair("darts")
+    assert list(fast.state_dict()) == list(ref.state_dict())
+    ref.load_state_dict(fast.state_dict())
+
+
+def test_benchmark_quick_smoke(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "supernet_step.py"), "--quick"],
+                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    timed = [r for r in rows if "images_per_s" in r]
+    assert {(r["impl"], r["space"]) for r in timed} >= {("dnas", "nb201"), ("dnas-reference", "nb201"),
+                                                         ("dnas", "darts"), ("dnas-reference", "darts")}
+    for r in timed:
+        for key in ("device", "utilisation", "peak_rss_mb", "w_step_ms", "alpha_step_ms", "forward_gflop"):
+            assert key in r
