@@ -37,6 +37,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 try:
     from dnas.spaces import get_space
@@ -45,8 +46,6 @@ except ImportError:  # run from a fresh clone without an editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from dnas.spaces import get_space
     from dnas.supernet import build_supernet, weight_parameters
-
-from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 IMPL_NAMES = {"dnas": "fast", "dnas-reference": "reference"}
 SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl"), "darts": ("dnas", "dnas-reference")}

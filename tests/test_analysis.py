@@ -162,7 +162,7 @@ def test_bn_recalibration_changes_running_stats_only_and_averages_batches():
 
 def test_evaluate_genotype_leaves_supernet_unchanged_and_uses_only_its_path():
     torch.manual_seed(0)
-    model = build_supernet(NB201, channels=4, cells=1)
+    model = build_supernet(NB201, channels=4, cells=1, impl="reference")  # per-op hooks
     before = {k: v.clone() for k, v in model.state_dict().items()}
     g = NB201.parse("|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|none~0|avg_pool_3x3~1|nor_conv_3x3~2|")
     calls = set()

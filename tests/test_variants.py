@@ -267,7 +267,7 @@ def test_spos_restricted_to_an_arch_list(tmp_path):
 
 
 def test_spos_w_step_computes_only_the_sampled_path():
-    run = build_run(tiny(mode="spos"))
+    run = build_run(tiny(mode="spos", impl="reference"))  # per-op hooks need the per-op loop
     s = run.searcher(quiet=True)
     assert isinstance(s.recipe.override, SposSampler)
     calls = []

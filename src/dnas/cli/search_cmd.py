@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, help="resize images to R x R")
     p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
     p.add_argument("--activation", help="mixing-weight activation: softmax (default), sigmoid, crb")
-    p.add_argument("--impl", help="supernet implementation: reference or fast")
+    p.add_argument("--impl", help="supernet implementation: fast (default) or reference (the per-op loop)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")

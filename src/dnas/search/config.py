@@ -24,7 +24,7 @@ class SearchConfig:
     seed: int = 0
     device: str = "auto"
     activation: str = "softmax"
-    impl: str = "reference"
+    impl: str = "fast"                 # or "reference": the per-op loop (same state_dict)
     train_portion: float = 0.5         # 50/50 split of the training set into w-train / α-valid
     # w optimiser (SGD, cosine per epoch to w_lr_min)
     w_lr: float = 0.025

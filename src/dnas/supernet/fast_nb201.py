@@ -6,10 +6,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..spaces import CellSpec
+from ..spaces.ops import Identity, ReLUConvBN, Zero
 from .arch_state import ArchState
 from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, conv, inverse_counts, scaled_accumulate,
                        sum_pool3x3)
-from ..spaces.ops import Identity, ReLUConvBN, Zero
 from .nb201 import Nb201SearchCell, Nb201Supernet
 
 
@@ -60,14 +60,14 @@ class FastNb201Cell(Nb201SearchCell):
                     op = self.mixed[e].ops[k]
                     accumulate(acc, dst, batch_norm(conv(relu, op[1]), op[2], mw.vector(e, k, op[2].num_features)))
             # After the convs, so a node's sum usually starts from a BN output rather than a product.
-            window_sums = None
+            pooled = None
             for kind, e, k, dst in others:
                 if kind == "skip":
                     scaled_accumulate(acc, dst, xj, mw.scalar(e, k))
                 elif kind == "avg3x3":
-                    if window_sums is None:  # once per node; a depthwise conv beats avg_pool2d fw + bw
-                        window_sums = sum_pool3x3(xj)
-                    scaled_accumulate(acc, dst, window_sums, mw.scalar(e, k) * inverse_counts(xj))
+                    if pooled is None:  # once per node; a depthwise conv beats avg_pool2d fw + bw
+                        pooled = sum_pool3x3(xj) * inverse_counts(xj)
+                    scaled_accumulate(acc, dst, pooled, mw.scalar(e, k))
                 else:
                     scaled_accumulate(acc, dst, self.mixed[e].ops[k](xj), mw.scalar(e, k))
         out = acc[3]
