@@ -5,6 +5,7 @@ atomically and resumes exactly: checkpoints carry model, optimizers, RNG states 
 """
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 
 from .errors import DnasError
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, read_json, read_jsonl, torch_load
+from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, read_jsonl,
+                 torch_load)
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 
@@ -97,8 +99,6 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
     if not path.exists():
         return
     kept = [r for r in read_jsonl(path) if r.get(key, -1) < keep_until]
-    import json
-    from .io import atomic_write_text
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

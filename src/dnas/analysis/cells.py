@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ..errors import DnasError
 from ..spaces import Genotype, Space
@@ -114,6 +113,3 @@ def _matplotlib(graph: dict[str, tuple[list[str], list[Arc]]], path: Path, title
 def _wrap(text: str, width: int = 110) -> str:
     return "\n".join(text[i:i + width] for i in range(0, len(text), width))
 
-
-def describe_engine() -> dict[str, Any]:
-    return {"graphviz": have_graphviz()}

@@ -11,7 +11,6 @@ Streaming: one supernet, one architecture at a time; every result is appended to
 from __future__ import annotations
 
 import json
-import math
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass

@@ -21,10 +21,6 @@ def count_params(model: nn.Module, exclude_aux: bool = True) -> int:
     return sum(p.numel() for name, p in model.named_parameters() if not (exclude_aux and "auxiliary" in name))
 
 
-def params_m(model: nn.Module, exclude_aux: bool = True) -> float:
-    return count_params(model, exclude_aux) / 1e6
-
-
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
@@ -81,6 +77,3 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...], elementwise: boo
         model.train(was_training)
     return total
 
-
-def flops_m(model: nn.Module, input_shape: tuple[int, ...], elementwise: bool = True) -> float:
-    return count_flops(model, input_shape, elementwise) / 1e6

@@ -1,6 +1,7 @@
 """Search workflow: a run directory in, a trained supernet and its selections out. Resumable per epoch."""
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,14 +10,15 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ..tensorboard import tb_log
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError
+from ..io import atomic_write_json, read_jsonl
 from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
                       save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet
+from ..tensorboard import tb_log
 from .config import SearchConfig
 from .modes import get_mode
 from .trainer import Searcher
@@ -101,7 +103,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         searcher = run.searcher(quiet=quiet)
     except DnasError:
         if not resume:  # leave nothing behind for a run that could not even start
-            import shutil
             shutil.rmtree(out, ignore_errors=True)
         raise
     if resume and (out / CHECKPOINT).exists():
@@ -129,7 +130,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     entry = sel.to_json()
     if on_selection is not None:
         entry.update(on_selection(run.space, sel))
-    from ..io import atomic_write_json
     atomic_write_json(out / "selections" / "magnitude.json", entry)
     last = _last_metrics(out)
     return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
@@ -138,7 +138,6 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:
-    from ..io import read_jsonl
     rows = list(read_jsonl(out / "metrics.jsonl"))
     if not rows:
         return {}

@@ -83,9 +83,6 @@ class ArchState(nn.Module):
             return self._override[ct]
         return self.base_weights(ct)
 
-    def weights_dict(self) -> dict[str, torch.Tensor]:
-        return {ct: self.weights(ct) for ct in self.cell_types}
-
     @contextmanager
     def overriding(self, weights: Mapping[str, torch.Tensor]) -> Iterator[None]:
         """Use these mixing weights instead of the computed ones inside the block (noise, samples, probes)."""
