@@ -36,6 +36,7 @@ from ..rundir import (CHECKPOINT, CONFIG, RESULT, load_checkpoint, log_metrics, 
                       rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
                       update_result)
 from ..spaces import get_space
+from ..tensorboard import tb_log
 from .counts import count_flops, count_params
 from .distributed import DistContext, init_distributed
 from .networks import DEFAULT_SIZE, build_network
@@ -353,6 +354,7 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
             rngs = ctx.gather(rng_state())
             if ctx.is_main:
                 log_metrics(run, record)
+                tb_log(run, record, epoch, "train")
                 save_checkpoint(run, {"epoch": epoch + 1, "model": model.state_dict(),
                                       "optimizer": optimizer.state_dict(), "rank_rng": rngs, "elapsed": elapsed})
             ctx.barrier()
