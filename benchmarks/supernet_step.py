@@ -22,6 +22,7 @@ from one invocation only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -69,7 +70,10 @@ class Bench:
 
     def w_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.w_opt.zero_grad(set_to_none=True)
-        torch.autograd.backward(self._loss(x, y), inputs=self.weights)
+        arch = getattr(self.model, "arch", None)  # dnas: mixing weights as constants, as its search's w step
+        with arch.frozen() if arch is not None else contextlib.nullcontext():
+            loss = self._loss(x, y)
+        torch.autograd.backward(loss, inputs=self.weights)
         nn.utils.clip_grad_norm_(self.weights, 5.0)
         self.w_opt.step()
 

@@ -1,7 +1,9 @@
+import contextlib
 import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from dnas.errors import DnasError
@@ -59,6 +61,29 @@ def test_arch_state_fixed_and_masked_weights():
     assert arch.undecided_edges("cell") == [0, 1, 3, 4, 5]
     arch.remove_edge("cell", 2)
     assert arch.weights("cell")[2].sum() == 0
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_frozen_arch_gives_the_same_w_gradients_and_no_alpha_graph(impl):
+    torch.manual_seed(0)
+    model = build_supernet(DARTS, channels=4, cells=3, impl=impl).double()
+    x, y = torch.randn(2, 3, 8, 8, dtype=torch.float64), torch.tensor([1, 7])
+    # An override that depends on α, as SDARTS-RS's perturbed weights do.
+    noisy = {ct: model.arch.weights(ct) + 0.1 * torch.rand(14, 8, dtype=torch.float64) for ct in ("normal", "reduce")}
+    grads = []
+    for frozen in (False, True):
+        model.zero_grad(set_to_none=True)
+        with model.arch.overriding(noisy), model.arch.frozen() if frozen else contextlib.nullcontext():
+            loss = F.cross_entropy(model(x), y)
+        alphas = list(model.arch.parameters())
+        if frozen:
+            with pytest.raises(RuntimeError):  # α is not in the graph at all
+                torch.autograd.grad(loss, alphas, retain_graph=True)
+        else:
+            assert all(g.abs().sum() > 0 for g in torch.autograd.grad(loss, alphas, retain_graph=True))
+        loss.backward()
+        grads.append([p.grad.clone() for p in weight_parameters(model)])
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=1e-14) for a, b in zip(*grads))
 
 
 def test_magnitude_selection_hand_made_alpha():

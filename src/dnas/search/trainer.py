@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -88,15 +89,11 @@ class Searcher:
     def w_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, int]:
         self.w_opt.zero_grad(set_to_none=True)
         override = self.recipe.override.weights(self)
-        if override is not None:
-            with self.model.arch.overriding(override):
-                logits = self.model(x)
-        else:
-            logits = self.model(x)
+        arch = self.model.arch
+        with arch.overriding(override) if override is not None else nullcontext(), arch.frozen():
+            logits = self.model(x)  # α is a constant here: the w step trains w only
         loss = F.cross_entropy(logits, y)
         loss.backward()
-        for a in self.a_params:  # α is not trained by the w step
-            a.grad = None
         if self.recipe.schedule.needs_fisher:
             grads = [p.grad.detach().pow(2).sum() for p in self.w_params if p.grad is not None]
             fi = float(torch.stack(grads).sum())  # one host sync, not one per parameter

@@ -93,6 +93,16 @@ class ArchState(nn.Module):
         finally:
             self._override = previous
 
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """Inside the block the mixing weights (overridden or not) are constants, out of the autograd graph.
+
+        A w step needs no α gradient; with α in the graph, ``backward`` would still compute it (custom
+        autograd ops such as the fast path's scaled sums cannot see that it is unused).
+        """
+        with self.overriding({ct: self.weights(ct).detach() for ct in self.cell_types}):
+            yield
+
     # -- decisions made by selectors -----------------------------------------------------------------
     def fix_edge(self, ct: str, edge: int, op: int) -> None:
         self.fixed(ct)[edge] = op

@@ -10,7 +10,7 @@ from . import fast_ops
 from .arch_state import ArchState
 from .darts import MULTIPLIER, STEPS, DartsSearchCell, DartsSupernet
 from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, can_group, conv, depthwise,
-                       scaled_accumulate, shared_batch_norm)
+                       fan_out, shared_batch_norm)
 
 _KIND = {"none": "none", "noise": "noise", "skip_connect": "skip", "max_pool_3x3": "max", "avg_pool_3x3": "avg",
          "sep_conv_3x3": "sep", "sep_conv_5x5": "sep", "dil_conv_3x3": "dil", "dil_conv_5x5": "dil"}
@@ -121,6 +121,7 @@ class FastDartsCell(DartsSearchCell):
                 xj = states[j] = torch.zeros_like(ref)
             node = _NodeInput(xj)
             pooled: dict[str, list[tuple[int, int, int]]] = {}
+            terms: list = []  # parameter-free terms (skip, noise, shared-BN pools), added after the convs
             for e, dst in self.outgoing[j]:
                 ops = self.mixed[e].ops
                 for k, kind in enumerate(self.kinds[e]):
@@ -128,10 +129,10 @@ class FastDartsCell(DartsSearchCell):
                         continue
                     op = ops[k]
                     if kind == "noise":
-                        scaled_accumulate(states, dst, noise[e, k], mw.scalar(e, k))
+                        terms.append((dst, noise[e, k], mw.scalar(e, k), None))
                         continue
                     if kind == "skip" and not isinstance(op, FactorizedReduce):
-                        scaled_accumulate(states, dst, xj, mw.scalar(e, k))
+                        terms.append((dst, xj, mw.scalar(e, k), None))
                         continue
                     if kind in ("max", "avg"):
                         pooled.setdefault(kind, []).append((e, k, dst))
@@ -145,22 +146,23 @@ class FastDartsCell(DartsSearchCell):
                         term = _sep(node.relu, op, scale)
                     accumulate(states, dst, term)
             for uses in pooled.values():
-                self._pool_terms(xj, uses, mw, states)
+                self._pool_terms(xj, uses, mw, states, terms)
+            fan_out(states, terms)
         last = states[-1]
         if last is None:
             states[-1] = torch.zeros_like(ref)
         return torch.cat(states[-MULTIPLIER:], dim=1)
 
     def _pool_terms(self, x: torch.Tensor, uses: list[tuple[int, int, int]], mw: MixingWeights,
-                    states: list[torch.Tensor | None]) -> None:
-        """One pool kind on one node: pooled once; in training the BN output is the same for every edge too."""
+                    states: list[torch.Tensor | None], terms: list) -> None:
+        """One pool kind on one node: pooled once; in training the BN output is the same for every edge
+        too, and then its scaled copies join ``terms``."""
         ops = [self.mixed[e].ops[k] for e, k, _ in uses]
         pooled = ops[0][0](x)
         bns = [op[1] for op in ops]
         if len(uses) > 1 and bns[0].training and can_group(bns):
             normalised = shared_batch_norm(pooled, bns)
-            for e, k, dst in uses:
-                scaled_accumulate(states, dst, normalised, mw.scalar(e, k))
+            terms.extend((dst, normalised, mw.scalar(e, k), None) for e, k, dst in uses)
             return
         for (e, k, dst), bn in zip(uses, bns):
             accumulate(states, dst, batch_norm(pooled, bn, mw.vector(e, k, bn.num_features)))

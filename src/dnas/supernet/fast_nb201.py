@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..spaces import CellSpec
 from ..spaces.ops import Identity, ReLUConvBN, Zero
 from .arch_state import ArchState
-from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, conv, inverse_counts, scaled_accumulate,
+from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, conv, fan_out, inverse_counts,
                        sum_pool3x3)
 from .nb201 import Nb201SearchCell, Nb201Supernet
 
@@ -59,17 +59,19 @@ class FastNb201Cell(Nb201SearchCell):
                 for e, k, dst in convs:
                     op = self.mixed[e].ops[k]
                     accumulate(acc, dst, batch_norm(conv(relu, op[1]), op[2], mw.vector(e, k, op[2].num_features)))
-            # After the convs, so a node's sum usually starts from a BN output rather than a product.
+            # After the convs, so a node's sum usually starts from a BN output rather than from zeros.
+            terms = []
             pooled = None
             for kind, e, k, dst in others:
                 if kind == "skip":
-                    scaled_accumulate(acc, dst, xj, mw.scalar(e, k))
+                    terms.append((dst, xj, mw.scalar(e, k), None))
                 elif kind == "avg3x3":
                     if pooled is None:  # once per node; a depthwise conv beats avg_pool2d fw + bw
-                        pooled = sum_pool3x3(xj) * inverse_counts(xj)
-                    scaled_accumulate(acc, dst, pooled, mw.scalar(e, k))
+                        pooled = sum_pool3x3(xj)
+                    terms.append((dst, pooled, mw.scalar(e, k), inverse_counts(xj)))
                 else:
-                    scaled_accumulate(acc, dst, self.mixed[e].ops[k](xj), mw.scalar(e, k))
+                    terms.append((dst, self.mixed[e].ops[k](xj), mw.scalar(e, k), None))
+            fan_out(acc, terms)
         out = acc[3]
         return torch.zeros_like(x) if out is None else out
 

@@ -185,30 +185,81 @@ def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum()
 
 
-class _ScaledAddInplace(torch.autograd.Function):
-    """``acc += s * x`` for a 0-d ``s``; backward takes ∂s as one dot product (autograd's addcmul makes a
-    full-size product, then sums it). Written in differentiable ops: double backward works."""
+class _FanOut(torch.autograd.Function):
+    """``acc[d] += s · (src · coef)`` for several terms at once, in place (``coef``: an optional constant map).
+
+    Node sums get one parameter-free term per (source, destination) pair. One autograd op per term
+    makes a full-size ``grad · s`` per term and then autograd adds them up per source; here each
+    source's gradient is built in one buffer (``mul`` for the first term, ``addcmul_`` for the rest),
+    the constant map is folded into the scalar (no ``src · coef`` tensor forward or backward), and
+    ∂s is one dot product per term, only when a scalar needs it. Written in differentiable ops:
+    double backward works.
+    """
 
     @staticmethod
-    def forward(ctx, acc: torch.Tensor, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        ctx.mark_dirty(acc)
-        ctx.save_for_backward(x, s)
-        return acc.addcmul_(x, s)
+    def forward(ctx, plan, coefs, n_src, n_acc, *tensors):
+        srcs, accs, scales = tensors[:n_src], tensors[n_src:n_src + n_acc], tensors[n_src + n_acc:]
+        for t, (si, ai) in enumerate(plan):
+            coef = scales[t] if coefs[si] is None else scales[t] * coefs[si]
+            accs[ai].addcmul_(srcs[si], coef)
+        ctx.mark_dirty(*accs)
+        ctx.save_for_backward(*srcs, *scales)
+        ctx.plan, ctx.coefs, ctx.n_src, ctx.n_acc = plan, coefs, n_src, n_acc
+        # A destination that does not reach the loss must pass None on (not zeros), as the plain loop does.
+        ctx.set_materialize_grads(False)
+        return accs
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, s = ctx.saved_tensors
-        grad_x = grad * s if ctx.needs_input_grad[1] else None
-        grad_s = dot(grad, x).reshape(s.shape) if ctx.needs_input_grad[2] else None
-        return grad, grad_x, grad_s
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        srcs, scales = saved[:ctx.n_src], saved[ctx.n_src:]
+        needs = ctx.needs_input_grad[4:]
+        grad_src: list[torch.Tensor | None] = [None] * ctx.n_src
+        grad_scale: list[torch.Tensor | None] = [None] * len(scales)
+        scaled_src: dict[int, torch.Tensor] = {}
+        for t, (si, ai) in enumerate(ctx.plan):
+            g, coef = grads[ai], ctx.coefs[si]
+            if g is None:
+                continue
+            if needs[si]:
+                factor = scales[t] if coef is None else scales[t] * coef
+                grad_src[si] = g * factor if grad_src[si] is None else grad_src[si].addcmul_(g, factor)
+            if needs[ctx.n_src + ctx.n_acc + t]:
+                if si not in scaled_src:
+                    scaled_src[si] = srcs[si] if coef is None else srcs[si] * coef
+                grad_scale[t] = dot(g, scaled_src[si]).reshape(scales[t].shape)
+        grad_acc = [g if needs[ctx.n_src + i] else None for i, g in enumerate(grads)]  # may be None
+        return (None, None, None, None, *grad_src, *grad_acc, *grad_scale)
 
 
-def scaled_accumulate(acc: list[torch.Tensor | None], dst: int, x: torch.Tensor, scale: torch.Tensor) -> None:
-    """``acc[dst] += scale * x`` (0-d ``scale``, one fused kernel), starting the sum when ``acc[dst]`` is None."""
-    if acc[dst] is None:
-        acc[dst] = scale * x
-    else:
-        acc[dst] = _ScaledAddInplace.apply(acc[dst], x, scale)
+def fan_out(acc: list[torch.Tensor | None],
+            terms: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]]) -> None:
+    """``acc[dst] += scale · source · coef`` for each term ``(dst, source, scale, coef)``, as one autograd op.
+
+    ``scale`` is 0-d; ``coef`` is None or a constant tensor broadcastable to ``source`` (the same for
+    every term of one source). A destination whose sum has not started begins from zeros.
+    """
+    if not terms:
+        return
+    src_index: dict[int, int] = {}
+    srcs: list[torch.Tensor] = []
+    coefs: list[torch.Tensor | None] = []
+    dsts: list[int] = []
+    plan = []
+    for dst, source, _, coef in terms:
+        if id(source) not in src_index:
+            src_index[id(source)] = len(srcs)
+            srcs.append(source)
+            coefs.append(coef)
+        if dst not in dsts:
+            dsts.append(dst)
+            if acc[dst] is None:
+                acc[dst] = torch.zeros_like(source)
+        plan.append((src_index[id(source)], dsts.index(dst)))
+    outs = _FanOut.apply(tuple(plan), tuple(coefs), len(srcs), len(dsts), *srcs, *(acc[d] for d in dsts),
+                         *(t[2] for t in terms))
+    for d, out in zip(dsts, outs):
+        acc[d] = out
 
 
 def sum_pool3x3(x: torch.Tensor) -> torch.Tensor:
