@@ -6,7 +6,8 @@
 
 Prints one JSON line per (implementation, space): ``dnas`` (the fast path), ``dnas-reference`` (the
 per-op loop) and, on NB201, ``xautodl`` (NAS-Bench-201's own ``TinyNetworkDarts``, ``pip install
--e '.[bench]'`` or ``pip install --no-deps xautodl==1.0.0``). Implementations are timed interleaved,
+-e '.[bench]'`` or ``pip install --no-deps xautodl==1.0.0``) timed with the same two steps as dnas,
+and ``xautodl-shipped``, the same model with both steps as xautodl's DARTS search loop runs them. Implementations are timed interleaved,
 iteration by iteration, in rotating order, so machine drift hits all of them alike; compare ratios
 from one invocation only.
 
@@ -49,7 +50,7 @@ except ImportError:  # run from a fresh clone without an editable install
     from dnas.supernet import build_supernet, weight_parameters
 
 IMPL_NAMES = {"dnas": "fast", "dnas-reference": "reference"}
-SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl"), "darts": ("dnas", "dnas-reference")}
+SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl", "xautodl-shipped"), "darts": ("dnas", "dnas-reference")}
 NB201_OPS = ["none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3"]
 
 
@@ -58,9 +59,11 @@ class Bench:
     """One implementation under test: a model, its two optimizers and the two timed steps."""
 
     def __init__(self, impl: str, model: nn.Module, weights: list[torch.Tensor], alphas: list[torch.Tensor],
-                 logits: Callable[[torch.Tensor], torch.Tensor], amp: torch.dtype | None, device: str):
+                 logits: Callable[[torch.Tensor], torch.Tensor], amp: torch.dtype | None, device: str,
+                 shipped: bool = False):
         self.impl, self.model, self.weights, self.alphas, self.logits = impl, model, weights, alphas, logits
         self.amp, self.device = amp, device
+        self.shipped = shipped  # both steps call loss.backward(), as xautodl's own DARTS search loop does
         self.w_opt = torch.optim.SGD(weights, lr=0.025, momentum=0.9, weight_decay=3e-4)
         self.a_opt = torch.optim.Adam(alphas, lr=3e-4, betas=(0.5, 0.999), weight_decay=1e-3)
 
@@ -69,6 +72,12 @@ class Bench:
             return F.cross_entropy(self.logits(x), y)
 
     def w_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.shipped:
+            self.model.zero_grad(set_to_none=True)
+            self._loss(x, y).backward()
+            nn.utils.clip_grad_norm_(self.weights, 5.0)
+            self.w_opt.step()
+            return
         self.w_opt.zero_grad(set_to_none=True)
         arch = getattr(self.model, "arch", None)  # dnas: mixing weights as constants, as its search's w step
         with arch.frozen() if arch is not None else contextlib.nullcontext():
@@ -78,6 +87,11 @@ class Bench:
         self.w_opt.step()
 
     def alpha_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self.shipped:
+            self.a_opt.zero_grad(set_to_none=True)
+            self._loss(x, y).backward()
+            self.a_opt.step()
+            return
         self.a_opt.zero_grad(set_to_none=True)
         grads = torch.autograd.grad(self._loss(x, y), self.alphas)
         for a, g in zip(self.alphas, grads):
@@ -88,7 +102,7 @@ class Bench:
 def build_bench(impl: str, space_name: str, args: argparse.Namespace) -> Bench:
     torch.manual_seed(0)
     amp = torch.bfloat16 if args.amp == "bf16" else None
-    if impl == "xautodl":
+    if impl in ("xautodl", "xautodl-shipped"):
         from xautodl.models.cell_searchs import TinyNetworkDarts  # optional dependency (the bench extra)
 
         # NAS-Bench-201's DARTS search setting: non-affine BN that tracks running statistics.
@@ -96,7 +110,8 @@ def build_bench(impl: str, space_name: str, args: argparse.Namespace) -> Bench:
         alphas = list(model.get_alphas())
         ids = {id(a) for a in alphas}
         weights = [p for p in model.parameters() if id(p) not in ids]
-        return Bench(impl, model, weights, alphas, lambda x: model(x)[1], amp, args.device)
+        return Bench(impl, model, weights, alphas, lambda x: model(x)[1], amp, args.device,
+                     shipped=impl == "xautodl-shipped")
     space = get_space(space_name)
     cells = args.nb201_cells if space.family == "nb201" else args.darts_cells
     model = build_supernet(space, channels=args.channels, cells=cells, impl=IMPL_NAMES[impl]).to(args.device)
@@ -264,9 +279,9 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
         emit(row)
     summary: dict = {"summary": space, "device": label}
     if "dnas" in rows:
-        for other in ("dnas-reference", "xautodl"):
+        for other in ("dnas-reference", "xautodl", "xautodl-shipped"):
             if other in rows:
-                key = other.replace("dnas-", "")
+                key = other.replace("dnas-", "").replace("-", "_")
                 summary[f"speedup_vs_{key}"] = round(rows["dnas"]["images_per_s"] / rows[other]["images_per_s"], 2)
                 if rows["dnas"]["peak_rss_mb"] and rows[other]["peak_rss_mb"]:
                     summary[f"rss_ratio_vs_{key}"] = round(rows["dnas"]["peak_rss_mb"] / rows[other]["peak_rss_mb"], 2)
@@ -309,8 +324,10 @@ def _probe(args: argparse.Namespace) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", nargs="+", choices=("nb201", "darts"), default=["nb201", "darts"])
-    p.add_argument("--impls", nargs="+", choices=("dnas", "dnas-reference", "xautodl"),
-                   default=["dnas", "dnas-reference", "xautodl"])
+    p.add_argument("--impls", nargs="+", choices=("dnas", "dnas-reference", "xautodl", "xautodl-shipped"),
+                   default=["dnas", "dnas-reference", "xautodl", "xautodl-shipped"],
+                   help="xautodl: its supernet with our steps (∇w only, then ∇α only); xautodl-shipped: both "
+                        "steps as its DARTS search loop runs them (loss.backward(): all gradients)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per implementation (after warm-up)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--batch", type=int, default=64)
