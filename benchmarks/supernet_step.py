@@ -182,17 +182,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
 
-def probe_memory(impl: str, space: str, args: argparse.Namespace) -> float | None:
-    """Peak RSS of a fresh process that builds ``impl`` and runs one weight + α step."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", impl, "--space", space,
-           "--batch", str(args.batch), "--channels", str(args.channels), "--resolution", str(args.resolution),
-           "--nb201-cells", str(args.nb201_cells), "--darts-cells", str(args.darts_cells),
-           "--threads", str(args.threads), "--device", args.device] + (["--amp", args.amp] if args.amp else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
+def worker_command(impl: str, space: str, args: argparse.Namespace, iters: int, warmup: int) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--space", space,
+            "--batch", str(args.batch), "--channels", str(args.channels), "--resolution", str(args.resolution),
+            "--nb201-cells", str(args.nb201_cells), "--darts-cells", str(args.darts_cells),
+            "--threads", str(args.threads), "--device", args.device, "--iters", str(iters), "--warmup", str(warmup),
+            "--matmul-n", str(args.matmul_n)] + (["--amp", args.amp] if args.amp else [])
+
+
+def run_worker(impl: str, space: str, args: argparse.Namespace, iters: int, warmup: int) -> dict:
+    """Run ``impl`` alone in a fresh process: its step times, the matmul rate there and its peak RSS."""
+    proc = subprocess.run(worker_command(impl, space, args, iters, warmup), capture_output=True, text=True)
+    for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
-            return json.loads(line)["peak_rss_mb"]
-    return None
+            return json.loads(line)
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"worker exited with {proc.returncode}: {tail}"}
 
 
 def batches(args: argparse.Namespace) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
@@ -218,7 +223,6 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
         return
     (xt, yt), (xv, yv) = batches(args)
     label = device_label(args.device, args.threads)
-    mm_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
 
     # Work per iteration, counted once on the reference computation (the same for every implementation).
     # Conv and matmul FLOPs are linear in the batch: count on a small slice of it and scale.
@@ -233,7 +237,53 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
 
     samples: dict[str, dict[str, list[float]]] = {b.impl: {"w": [], "a": [], "it": []} for b in benches}
     peak_gpu: dict[str, float] = {}
+    peak_rss: dict[str, float] = {}
     matmul: list[float] = []
+    if args.isolation == "process":
+        benches = _run_isolated(space, args, benches, samples, matmul, peak_rss, peak_gpu, emit)
+    else:
+        _run_in_process(args, benches, samples, matmul, peak_gpu, (xt, yt), (xv, yv), space)
+    if not benches:
+        return
+
+    mm = statistics.median(matmul)
+    rows = {}
+    for b in benches:
+        s = samples[b.impl]
+        it_s = statistics.median(s["it"])
+        fwd, step = work.get(b.impl, ref_work)
+        row = {"impl": b.impl, "space": space, "device": label, "amp": args.amp, "batch": args.batch,
+               "channels": args.channels,
+               "cells": args.nb201_cells if space == "nb201" else args.darts_cells,
+               "resolution": args.resolution, "iters": args.iters,
+               "w_step_ms": round(1e3 * statistics.median(s["w"]), 1),
+               "alpha_step_ms": round(1e3 * statistics.median(s["a"]), 1),
+               "iteration_ms": round(1e3 * it_s, 1),
+               "images_per_s": round(args.batch / it_s, 2),
+               "forward_gflop": round(fwd / 1e9, 3), "iteration_gflop": round(step / 1e9, 3),
+               "achieved_gflops": round(step / it_s / 1e9, 2), "matmul_gflops": round(mm, 1),
+               "utilisation": round(step / it_s / 1e9 / mm, 4)}
+        if args.device.startswith("cuda"):
+            row["peak_gpu_mb"] = round(peak_gpu[b.impl], 1)
+        row["peak_rss_mb"] = round(peak_rss[b.impl], 1) if b.impl in peak_rss else _memory(b.impl, space, args)
+        rows[b.impl] = row
+        emit(row)
+    summary: dict = {"summary": space, "device": label}
+    if "dnas" in rows:
+        for other in ("dnas-reference", "xautodl", "xautodl-shipped"):
+            if other in rows:
+                key = other.replace("dnas-", "").replace("-", "_")
+                summary[f"speedup_vs_{key}"] = round(rows["dnas"]["images_per_s"] / rows[other]["images_per_s"], 2)
+                if rows["dnas"]["peak_rss_mb"] and rows[other]["peak_rss_mb"]:
+                    summary[f"rss_ratio_vs_{key}"] = round(rows["dnas"]["peak_rss_mb"] / rows[other]["peak_rss_mb"], 2)
+    emit(summary)
+
+
+def _run_in_process(args: argparse.Namespace, benches: list[Bench], samples: dict, matmul: list[float],
+                    peak_gpu: dict[str, float], train: tuple, valid: tuple, space: str) -> None:
+    """All implementations in this process, interleaved iteration by iteration in rotating order."""
+    (xt, yt), (xv, yv) = train, valid
+    mm_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
     total = args.warmup + args.iters
     progress = _progress(total, f"{space}", args.quiet)
     for it in range(total):
@@ -255,42 +305,42 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
         progress.update(1)
     progress.close()
 
-    mm = statistics.median(matmul)
-    rows = {}
-    for b in benches:
-        s = samples[b.impl]
-        it_s = statistics.median(s["it"])
-        fwd, step = work.get(b.impl, ref_work)
-        row = {"impl": b.impl, "space": space, "device": label, "amp": args.amp, "batch": args.batch,
-               "channels": args.channels,
-               "cells": args.nb201_cells if space == "nb201" else args.darts_cells,
-               "resolution": args.resolution, "iters": args.iters,
-               "w_step_ms": round(1e3 * statistics.median(s["w"]), 1),
-               "alpha_step_ms": round(1e3 * statistics.median(s["a"]), 1),
-               "iteration_ms": round(1e3 * it_s, 1),
-               "images_per_s": round(args.batch / it_s, 2),
-               "forward_gflop": round(fwd / 1e9, 3), "iteration_gflop": round(step / 1e9, 3),
-               "achieved_gflops": round(step / it_s / 1e9, 2), "matmul_gflops": round(mm, 1),
-               "utilisation": round(step / it_s / 1e9 / mm, 4)}
-        if args.device.startswith("cuda"):
-            row["peak_gpu_mb"] = round(peak_gpu[b.impl], 1)
-        row["peak_rss_mb"] = _memory(b.impl, space, args)
-        rows[b.impl] = row
-        emit(row)
-    summary: dict = {"summary": space, "device": label}
-    if "dnas" in rows:
-        for other in ("dnas-reference", "xautodl", "xautodl-shipped"):
-            if other in rows:
-                key = other.replace("dnas-", "").replace("-", "_")
-                summary[f"speedup_vs_{key}"] = round(rows["dnas"]["images_per_s"] / rows[other]["images_per_s"], 2)
-                if rows["dnas"]["peak_rss_mb"] and rows[other]["peak_rss_mb"]:
-                    summary[f"rss_ratio_vs_{key}"] = round(rows["dnas"]["peak_rss_mb"] / rows[other]["peak_rss_mb"], 2)
-    emit(summary)
+
+
+def _run_isolated(space: str, args: argparse.Namespace, benches: list[Bench], samples: dict, matmul: list[float],
+                  peak_rss: dict[str, float], peak_gpu: dict[str, float], emit: Callable[[dict], None]) -> list[Bench]:
+    """Each implementation alone in a fresh process, ``--rounds`` times in rotating order (drift cancels);
+    no implementation inherits another's allocator state. Returns the implementations that ran."""
+    rounds = max(1, min(args.rounds, args.iters))
+    per_round = [args.iters // rounds + (1 if r < args.iters % rounds else 0) for r in range(rounds)]
+    progress = _progress(rounds * len(benches), f"{space}", args.quiet)
+    failed: set[str] = set()
+    for r in range(rounds):
+        order = benches[r % len(benches):] + benches[:r % len(benches)]
+        for b in order:
+            if b.impl in failed:
+                continue
+            res = run_worker(b.impl, space, args, per_round[r], args.warmup)
+            progress.update(1)
+            if "error" in res:
+                failed.add(b.impl)
+                emit({"impl": b.impl, "space": space, "error": res["error"]})
+                continue
+            s = samples[b.impl]
+            s["w"].extend(res["w"])
+            s["a"].extend(res["a"])
+            s["it"].extend(w + a for w, a in zip(res["w"], res["a"]))
+            matmul.extend(res["matmul_gflops"])
+            peak_rss[b.impl] = max(peak_rss.get(b.impl, 0.0), res["peak_rss_mb"])
+            if "peak_gpu_mb" in res:
+                peak_gpu[b.impl] = max(peak_gpu.get(b.impl, 0.0), res["peak_gpu_mb"])
+    progress.close()
+    return [b for b in benches if b.impl not in failed]
 
 
 def _memory(impl: str, space: str, args: argparse.Namespace) -> float | None:
-    if args.memory == "probe":
-        v = probe_memory(impl, space, args)
+    if args.memory == "probe":  # a fresh process: one weight + α step
+        v = run_worker(impl, space, args, iters=1, warmup=0).get("peak_rss_mb")
         return None if v is None else round(v, 1)
     if args.memory == "process":  # whole-process peak so far: an upper bound, cheap (used by --quick)
         return round(peak_rss_mb(), 1)
@@ -312,13 +362,27 @@ def _progress(total: int, desc: str, quiet: bool):
         return _NoProgress()
 
 
-def _probe(args: argparse.Namespace) -> None:
-    b = build_bench(args.probe, args.space[0], args)
+def _worker(args: argparse.Namespace) -> None:
+    """One implementation in this (fresh) process: warm-up, then ``--iters`` timed weight + α steps."""
+    try:
+        b = build_bench(args.worker, args.space[0], args)
+    except Exception as e:  # xautodl missing or broken
+        print(json.dumps({"error": f"{type(e).__name__}: {e}".splitlines()[0]}))
+        return
     (xt, yt), (xv, yv) = batches(args)
-    b.w_step(xt, yt)
-    b.alpha_step(xv, yv)
-    _sync(args.device)
-    print(json.dumps({"peak_rss_mb": peak_rss_mb()}))
+    mm_dtype = torch.bfloat16 if args.amp == "bf16" else torch.float32
+    w_times, a_times, matmul = [], [], []
+    for it in range(args.warmup + args.iters):
+        w = timed(lambda: b.w_step(xt, yt), args.device)
+        a = timed(lambda: b.alpha_step(xv, yv), args.device)
+        if it >= args.warmup:
+            w_times.append(w)
+            a_times.append(a)
+            matmul.append(2 * args.matmul_n ** 3 / matmul_seconds(args.matmul_n, args.device, mm_dtype) / 1e9)
+    out = {"w": w_times, "a": a_times, "matmul_gflops": matmul, "peak_rss_mb": peak_rss_mb()}
+    if args.device.startswith("cuda"):
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2**20
+    print(json.dumps(out))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -329,7 +393,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="xautodl: its supernet with our steps (∇w only, then ∇α only); xautodl-shipped: both "
                         "steps as its DARTS search loop runs them (loss.backward(): all gradients)")
     p.add_argument("--iters", type=int, default=10, help="timed iterations per implementation (after warm-up)")
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed iterations first (default: 2 per fresh process, 1 in-process)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--resolution", type=int, default=32)
@@ -339,26 +404,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", choices=("bf16",), default=None, help="autocast dtype (CUDA)")
     p.add_argument("--matmul-n", type=int, default=2048, help="size of the reference fp32 matmul")
+    p.add_argument("--isolation", choices=("process", "none"), default=None,
+                   help="process: each implementation alone in a fresh process per round (default: no "
+                        "implementation inherits another's allocator state); none: all in this process, "
+                        "interleaved iteration by iteration; --quick's default)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="with --isolation process: the iterations are split over this many rounds, each "
+                        "running every implementation once, in rotating order")
     p.add_argument("--memory", choices=("probe", "process", "off"), default="probe",
-                   help="peak RSS per implementation from a fresh subprocess (probe), this process, or not at all")
+                   help="with --isolation none: peak RSS per implementation from a fresh subprocess (probe), "
+                        "this process, or not at all (isolated runs report their own process's peak)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, 1 thread: a smoke run")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.channels, args.resolution = 8, 4, 16
         args.nb201_cells, args.darts_cells, args.iters, args.warmup, args.matmul_n = 1, 3, 2, 1, 256
         args.memory, args.quiet, args.threads = "process", True, 1
-    if args.iters < 1 or args.warmup < 0 or args.batch < 1:
-        p.error("--iters >= 1, --warmup >= 0, --batch >= 1")
+        args.isolation = args.isolation or "none"
+    args.isolation = args.isolation or "process"
+    if args.warmup is None:
+        args.warmup = 2 if args.isolation == "process" and not args.worker else 1
+    if args.iters < 1 or args.warmup < 0 or args.batch < 1 or args.rounds < 1:
+        p.error("--iters >= 1, --warmup >= 0, --batch >= 1, --rounds >= 1")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.probe:
-        _probe(args)
+    if args.worker:
+        _worker(args)
         return 0
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(json.dumps({"error": "--device cuda but CUDA is not available"}))
