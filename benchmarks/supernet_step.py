@@ -1,24 +1,28 @@
 """Time one DARTS first-order search iteration (weight step + α step) per supernet implementation.
 
-    .venv/bin/python benchmarks/supernet_step.py              # full size, CPU, 2 threads (several minutes)
+    .venv/bin/python benchmarks/supernet_step.py              # full size, CPU, 2 threads (~15 minutes)
     .venv/bin/python benchmarks/supernet_step.py --quick      # seconds-long smoke run
     .venv/bin/python benchmarks/supernet_step.py --device cuda --amp bf16
 
 Prints one JSON line per (implementation, space): ``dnas`` (the fast path), ``dnas-reference`` (the
 per-op loop) and, on NB201, ``xautodl`` (NAS-Bench-201's own ``TinyNetworkDarts``, ``pip install
 -e '.[bench]'`` or ``pip install --no-deps xautodl==1.0.0``) timed with the same two steps as dnas,
-and ``xautodl-shipped``, the same model with both steps as xautodl's DARTS search loop runs them. Implementations are timed interleaved,
-iteration by iteration, in rotating order, so machine drift hits all of them alike; compare ratios
-from one invocation only.
+and ``xautodl-shipped``, the same model with both steps as xautodl's DARTS search loop runs them.
 
-- weight step: forward, cross-entropy, backward into w only, clip 5, SGD (momentum 0.9, wd 3e-4);
+By default (``--isolation process``) each implementation runs alone in a fresh process, ``--rounds``
+times in rotating order: in one shared process the allocator state one model leaves behind changes
+another's speed (up to 30% measured). ``--isolation none`` runs all in this process, interleaved
+iteration by iteration. Either way compare ratios from one invocation only.
+
+- weight step: forward (dnas: mixing weights frozen), cross-entropy, backward into w only, clip 5,
+  SGD (momentum 0.9, wd 3e-4);
 - α step (first order): forward on a second batch, ∇α only (``torch.autograd.grad``), Adam;
 - FLOPs: convolutions and matmuls counted with ``torch.utils.flop_counter`` on the reference model
   (the same work for every implementation); the counter's grouped-conv weight-gradient formula is
   replaced by the exact one (torch 2.13 overcounts it by ``groups``);
 - utilisation: achieved GFLOP/s of the whole iteration / fp32 matmul GFLOP/s timed in the same run;
-- peak RSS: a fresh subprocess per implementation that builds the model and runs one iteration
-  (one process can only report its own peak once).
+- peak RSS: ``VmHWM`` of the implementation's own process (isolated), or of a fresh subprocess that
+  builds the model and runs one iteration (in-process mode: one process reports its peak only once).
 """
 from __future__ import annotations
 

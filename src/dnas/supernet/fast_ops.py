@@ -251,6 +251,8 @@ def fan_out(acc: list[torch.Tensor | None],
             src_index[id(source)] = len(srcs)
             srcs.append(source)
             coefs.append(coef)
+        elif coefs[src_index[id(source)]] is not coef:  # one coefficient map per source: it is folded per source
+            raise ValueError("fan_out: terms of one source must share its coef tensor")
         if dst not in dsts:
             dsts.append(dst)
             if acc[dst] is None:
