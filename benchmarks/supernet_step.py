@@ -21,6 +21,10 @@ iteration by iteration. Either way compare ratios from one invocation only.
   (the same work for every implementation); the counter's grouped-conv weight-gradient formula is
   replaced by the exact one (torch 2.13 overcounts it by ``groups``);
 - utilisation: achieved GFLOP/s of the whole iteration / fp32 matmul GFLOP/s timed in the same run;
+- conv-only: the iteration's convolution calls (forward and backward) recorded, then replayed back to
+  back on random tensors of the same shapes and layouts (``conv_only_ms``, ``conv_share`` of the
+  iteration); the summary's ``speedup_bound_vs_*`` is the other's iteration / dnas's conv-only time, the
+  speedup dnas would reach if everything but its convolutions were free;
 - peak RSS: ``VmHWM`` of the implementation's own process (isolated), or of a fresh subprocess that
   builds the model and runs one iteration (in-process mode: one process reports its peak only once).
 """
@@ -43,6 +47,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 try:
@@ -157,6 +162,51 @@ def matmul_seconds(n: int, device: str, dtype: torch.dtype) -> float:
     return timed(lambda: a @ b, device)
 
 
+_CONV_OPS = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
+
+
+class _ConvRecorder(TorchDispatchMode):
+    """Notes every convolution call (forward and backward) with its arguments' shapes and layouts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _CONV_OPS:
+            self.calls.append((func, [("tensor", tuple(a.shape), a.stride(), a.dtype, a.device)
+                                      if isinstance(a, torch.Tensor) else a for a in args], kwargs or {}))
+        return func(*args, **(kwargs or {}))
+
+
+def conv_only_seconds(b: "Bench", train: tuple, valid: tuple, device: str, repeats: int = 3) -> float:
+    """One iteration's convolutions alone: every conv call of a weight + α step, replayed back to back
+    (median of ``repeats``) on random tensors of the same shapes and layouts, no autograd. What the
+    implementation would take if everything but its convolutions were free: the floor of its design."""
+    recorder = _ConvRecorder()
+    with recorder:
+        b.w_step(*train)
+        b.alpha_step(*valid)
+    pool: dict[tuple, torch.Tensor] = {}  # one random tensor per (shape, stride, dtype, device)
+
+    def materialise(a):
+        if isinstance(a, tuple) and a and a[0] == "tensor":
+            if a not in pool:
+                pool[a] = torch.empty_strided(a[1], a[2], dtype=a[3], device=a[4]).normal_()
+            return pool[a]
+        return a
+
+    calls = [(func, [materialise(a) for a in args], kwargs) for func, args, kwargs in recorder.calls]
+
+    def replay() -> None:
+        with torch.no_grad():
+            for func, args, kwargs in calls:
+                func(*args, **kwargs)
+
+    replay()  # warm-up (oneDNN primitive caches)
+    return statistics.median(timed(replay, device) for _ in range(repeats))
+
+
 def device_label(device: str, threads: int) -> str:
     if device.startswith("cuda"):
         return f"cuda ({torch.cuda.get_device_name(device)})"
@@ -239,7 +289,7 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
             work[b.impl] = (fwd * args.batch // n, step * args.batch // n)
     ref_work = work.get("dnas-reference") or next(iter(work.values()))
 
-    samples: dict[str, dict[str, list[float]]] = {b.impl: {"w": [], "a": [], "it": []} for b in benches}
+    samples: dict[str, dict[str, list[float]]] = {b.impl: {"w": [], "a": [], "it": [], "conv": []} for b in benches}
     peak_gpu: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     matmul: list[float] = []
@@ -266,7 +316,9 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
                "images_per_s": round(args.batch / it_s, 2),
                "forward_gflop": round(fwd / 1e9, 3), "iteration_gflop": round(step / 1e9, 3),
                "achieved_gflops": round(step / it_s / 1e9, 2), "matmul_gflops": round(mm, 1),
-               "utilisation": round(step / it_s / 1e9 / mm, 4)}
+               "utilisation": round(step / it_s / 1e9 / mm, 4),
+               "conv_only_ms": round(1e3 * statistics.median(s["conv"]), 1),
+               "conv_share": round(statistics.median(s["conv"]) / it_s, 3)}
         if args.device.startswith("cuda"):
             row["peak_gpu_mb"] = round(peak_gpu[b.impl], 1)
         row["peak_rss_mb"] = round(peak_rss[b.impl], 1) if b.impl in peak_rss else _memory(b.impl, space, args)
@@ -278,6 +330,8 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
             if other in rows:
                 key = other.replace("dnas-", "").replace("-", "_")
                 summary[f"speedup_vs_{key}"] = round(rows["dnas"]["images_per_s"] / rows[other]["images_per_s"], 2)
+                # The speedup dnas would reach if everything but its convolutions were free.
+                summary[f"speedup_bound_vs_{key}"] = round(rows[other]["iteration_ms"] / rows["dnas"]["conv_only_ms"], 2)
                 if rows["dnas"]["peak_rss_mb"] and rows[other]["peak_rss_mb"]:
                     summary[f"rss_ratio_vs_{key}"] = round(rows["dnas"]["peak_rss_mb"] / rows[other]["peak_rss_mb"], 2)
     emit(summary)
@@ -308,7 +362,8 @@ def _run_in_process(args: argparse.Namespace, benches: list[Bench], samples: dic
             matmul.append(2 * args.matmul_n ** 3 / matmul_seconds(args.matmul_n, args.device, mm_dtype) / 1e9)
         progress.update(1)
     progress.close()
-
+    for b in benches:
+        samples[b.impl]["conv"].append(conv_only_seconds(b, train, valid, args.device))
 
 
 def _run_isolated(space: str, args: argparse.Namespace, benches: list[Bench], samples: dict, matmul: list[float],
@@ -335,6 +390,7 @@ def _run_isolated(space: str, args: argparse.Namespace, benches: list[Bench], sa
             s["a"].extend(res["a"])
             s["it"].extend(w + a for w, a in zip(res["w"], res["a"]))
             matmul.extend(res["matmul_gflops"])
+            s["conv"].append(res["conv_only"])
             peak_rss[b.impl] = max(peak_rss.get(b.impl, 0.0), res["peak_rss_mb"])
             if "peak_gpu_mb" in res:
                 peak_gpu[b.impl] = max(peak_gpu.get(b.impl, 0.0), res["peak_gpu_mb"])
@@ -386,6 +442,7 @@ def _worker(args: argparse.Namespace) -> None:
     out = {"w": w_times, "a": a_times, "matmul_gflops": matmul, "peak_rss_mb": peak_rss_mb()}
     if args.device.startswith("cuda"):
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2**20
+    out["conv_only"] = conv_only_seconds(b, (xt, yt), (xv, yv), args.device)  # after the peaks are read
     print(json.dumps(out))
 
 

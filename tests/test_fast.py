@@ -203,3 +203,24 @@ def test_benchmark_quick_smoke(tmp_path, isolation):
     for r in timed:
         for key in ("device", "utilisation", "peak_rss_mb", "w_step_ms", "alpha_step_ms", "forward_gflop"):
             assert key in r
+        assert r["conv_only_ms"] > 0  # the replay found convolutions to run
+    assert all("speedup_bound_vs_reference" in r for r in rows if r.get("summary") in spaces)
+
+
+def test_conv_recorder_sees_every_convolution():
+    """The conv-only floor replays what one iteration ran: every Conv2d once per forward, once per backward."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import supernet_step
+    finally:
+        sys.path.pop(0)
+    args = supernet_step.parse_args(["--quick"])
+    bench = supernet_step.build_bench("dnas-reference", "nb201", args)
+    (xt, yt), _ = supernet_step.batches(args)
+    recorder = supernet_step._ConvRecorder()
+    with recorder:
+        bench.w_step(xt, yt)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in bench.model.modules())
+    names = [func.__name__ for func, _, _ in recorder.calls]
+    assert names.count("convolution.default") == convs
+    assert names.count("convolution_backward.default") == convs
