@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from dnas.data import DATASETS, BatchLoader, ImageDataset, download_cifar, load_dataset, split_indices
+from dnas.data import (DATASETS, BatchLoader, ImageDataset, download_cifar, download_svhn, load_dataset,
+                       split_indices)
 from dnas.data import cifar as cifar_mod
 from dnas.data.core import balanced_quotas, resize_images
 from dnas.errors import DnasError
@@ -97,7 +98,7 @@ def _write_shards(folder: Path) -> None:
 def test_digits_shapes_and_fixed_split():
     tr = load_dataset("digits", "train")
     te = load_dataset("digits", "test")
-    assert DATASETS == ("digits", "synthetic", "cifar10", "cifar100")
+    assert DATASETS == ("digits", "synthetic", "cifar10", "cifar100", "svhn")
     assert tr.images.shape == (1437, 1, 8, 8) and te.images.shape == (360, 1, 8, 8)
     assert tr.images.dtype == torch.uint8 and tr.labels.dtype == torch.int64
     assert tr.images.is_contiguous()
@@ -422,6 +423,55 @@ def test_download_cifar_file_url(tmp_path):
     assert "download" in _one_line_error(lambda: download_cifar("cifar10", tmp_path / "r2", url="file:///does/not/exist"))
     with pytest.raises(DnasError):
         download_cifar("cifar7", root)
+
+
+def _write_svhn(folder: Path, split: str, n: int, labels=None) -> np.ndarray:
+    """An SVHN file in the official layout: X is H x W x C x N uint8, y is N x 1 with 10 for the digit 0."""
+    from scipy.io import savemat
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(n).integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+    y = np.asarray(labels if labels is not None else [1 + i % 10 for i in range(n)], dtype=np.uint8).reshape(n, 1)
+    savemat(str(folder / f"{split}_32x32.mat"), {"X": x, "y": y})
+    return x
+
+
+def test_svhn_official_files(tmp_path):
+    x = _write_svhn(tmp_path / "svhn", "test", 12)  # found in root/svhn as well as in root
+    _write_svhn(tmp_path / "svhn", "train", 30)
+    te = load_dataset("svhn", "test", data_dir=tmp_path)
+    assert te.images.shape == (12, 3, 32, 32) and te.images.dtype == torch.uint8
+    # Image 5, channel 2, row 7, column 3 is X[7, 3, 2, 5]; label 10 is the digit 0.
+    assert int(te.images[5, 2, 7, 3]) == int(x[7, 3, 2, 5])
+    assert te.labels.tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1, 2]
+    assert (te.num_classes, te.pad, te.flip) == (10, 4, True)
+    assert te.mean == (0.4377, 0.4438, 0.4728) and te.std == (0.1980, 0.2010, 0.1970)
+    tr = load_dataset("svhn", "train", data_dir=tmp_path, seed=3)
+    assert sorted(tr.labels.tolist()) == sorted(1 + i % 10 if i % 10 != 9 else 0 for i in range(30))
+    assert tr.labels.tolist() != sorted(tr.labels.tolist())  # shuffled with the seed
+    assert len(load_dataset("svhn", "train", data_dir=tmp_path, subset=10)) == 10
+
+
+def test_svhn_errors(tmp_path):
+    assert "download_svhn" in _one_line_error(lambda: load_dataset("svhn", "test", data_dir=tmp_path))
+    _write_svhn(tmp_path, "test", 4, labels=[1, 2, 11, 3])
+    assert "outside 1..10" in _one_line_error(lambda: load_dataset("svhn", "test", data_dir=tmp_path))
+    (tmp_path / "test_32x32.mat").write_bytes(b"MATLAB 5.0 MAT-file, garbage")
+    assert "cannot read" in _one_line_error(lambda: load_dataset("svhn", "test", data_dir=tmp_path))
+
+
+def test_download_svhn_file_url(tmp_path):
+    mirror = tmp_path / "mirror"
+    _write_svhn(mirror, "test", 6)
+    md5 = hashlib.md5((mirror / "test_32x32.mat").read_bytes()).hexdigest()
+    root = tmp_path / "root"
+    msg = _one_line_error(lambda: download_svhn(root, ("test",), url=mirror.as_uri()))  # the official md5
+    assert "md5 mismatch" in msg and list(root.iterdir()) == []  # no leftovers
+    assert download_svhn(root, ("test",), url=mirror.as_uri(), md5={"test": md5}) == root
+    assert len(load_dataset("svhn", "test", data_dir=root)) == 6
+    assert download_svhn(root, ("test",), url="file:///does/not/exist") == root  # already there: no fetch
+    assert "download" in _one_line_error(lambda: download_svhn(tmp_path / "r2", ("test",), url="file:///nope"))
+    assert "unknown split" in _one_line_error(lambda: download_svhn(root, ("extra",)))
 
 
 @pytest.mark.skipif(not REAL_CIFAR.is_dir(), reason="shared CIFAR-10 shards not present")

@@ -11,6 +11,7 @@ import torch
 from dnas.cli import main as cli_main
 from dnas.errors import DnasError
 from dnas.search import SearchConfig, SearchRun, build_run, run_search
+from dnas.select import ostr as ostr_mod
 from dnas.select import pt as pt_mod
 from dnas.select import zeros as zeros_mod
 from dnas.select.common import current_weights, evaluate_weights, reference_model, scoring_loader
@@ -93,6 +94,18 @@ def test_ostr_picks_dominant_op(dominated):
         k = get_space("nb201").cells["cell"].op_index(DOM_EDGE, DOM_OP)
         assert row[k] > 0 and all(v == 0.0 for i, v in enumerate(row) if i != k)
         assert sel.genotype.ops[DOM_EDGE] == DOM_OP
+        assert sel.genotype.ops[4] == sel.genotype.ops[5] == "none"  # removed edges: nothing else is left
+
+
+def test_ostr_picks_none_only_when_asked(monkeypatch):
+    """Every op's removal would lower the loss (S < 0) on every edge: the best real op is kept by
+    default; include_none=true lets none (S = 0) win, the module's first reading."""
+    run = build_run(tiny_config())
+    crafted = torch.tensor([[0.0, -1.0, -2.0, -0.5, -3.0]] * 6)  # none, skip, conv1x1, conv3x3, pool
+    monkeypatch.setattr(ostr_mod, "operation_strength", lambda *a, **k: ({"cell": crafted.clone()}, 1))
+    assert set(select("ostr", run).genotype.ops) == {"nor_conv_3x3"}
+    assert set(select("ostr", run, include_none=True).genotype.ops) == {"none"}
+    assert select("ostr", run).scores["cell"][0] == crafted[0].tolist()  # scores are reported unmasked
 
 
 def test_ostr_train_mode_bn_blurs_a_sole_contributor(dominated):

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--arch", "--genotype", dest="arch", help="NB201 arch string or DARTS Genotype(...)")
     which.add_argument("--run", help="a search run directory: use its result.json genotype")
     p.add_argument("--selection", help="with --run: the genotype of result.json's selections[METHOD]")
-    p.add_argument("--dataset", help="cifar10 (default, or the run's), cifar100, digits, synthetic")
+    p.add_argument("--dataset", help="cifar10 (default, or the run's), cifar100, svhn, digits, synthetic")
     p.add_argument("--out", required=True, help="run directory to create (or --resume)")
     g = p.add_argument_group("protocol overrides (default: the preset of space and dataset)")
     for flag, typ, what in (("--epochs", int, "epochs"), ("--batch-size", int, "global batch size"),

@@ -10,7 +10,6 @@ import pickle
 import shutil
 import tarfile
 import tempfile
-import urllib.request
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import torch
 
 from ..errors import DnasError
 from ..io import atomic_torch_save
+from .files import fetch, file_md5, one_line, resolve_data_dir
 
 _CACHE_VERSION = 1
 
@@ -81,11 +81,6 @@ def _spec(name: str) -> CifarSpec:
     return SPECS[name]
 
 
-def _one_line(e: BaseException) -> str:
-    msg = " ".join(str(e).split())
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
-
-
 def shard_name(name: str, split: str, k: int) -> str:
     """File name of WebDataset shard `k` of a split, e.g. cifar10-train-000003.tar.gz."""
     return f"{name}-{split}-{k:06d}.tar.gz"
@@ -94,18 +89,6 @@ def shard_name(name: str, split: str, k: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # Locating the data
 # ----------------------------------------------------------------------------------------------
-
-
-def resolve_data_dir(name: str, data_dir: str | os.PathLike | None) -> Path:
-    """The explicit data_dir, else $DNAS_DATA_DIR; it must be an existing folder."""
-    if data_dir is None:
-        data_dir = os.environ.get("DNAS_DATA_DIR") or None
-        if data_dir is None:
-            raise DnasError(f"{name}: no data directory given; pass --data-dir DIR or set DNAS_DATA_DIR")
-    root = Path(data_dir).expanduser()
-    if not root.is_dir():
-        raise DnasError(f"{name}: data directory {root} does not exist")
-    return root
 
 
 def _has_shards(folder: Path, spec: CifarSpec) -> bool:
@@ -155,7 +138,7 @@ def read_python(spec: CifarSpec, folder: Path, split: str) -> tuple[torch.Tensor
             labels = np.asarray(_get(d, spec.label_key), dtype=np.int64)
         # A corrupt pickle can raise almost anything (EOFError, UnpicklingError, KeyError, ...).
         except Exception as e:
-            raise DnasError(f"{spec.name}: cannot read {path} ({_one_line(e)})") from None
+            raise DnasError(f"{spec.name}: cannot read {path} ({one_line(e)})") from None
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
             raise DnasError(f"{spec.name}: {path} has data of shape {data.shape} and {labels.size} labels (expected N x 3072 and N)")
         xs.append(data.reshape(-1, 3, 32, 32))  # stored as 1024 R, 1024 G, 1024 B: already CHW
@@ -199,7 +182,7 @@ def read_shard(name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     # tarfile/gzip/zlib/Pillow errors for truncated or garbled files (OSError covers BadGzipFile and
     # UnidentifiedImageError; ValueError covers a non-numeric .cls).
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, SyntaxError) as e:
-        raise DnasError(f"{name}: corrupt shard {path} ({_one_line(e)})") from None
+        raise DnasError(f"{name}: corrupt shard {path} ({one_line(e)})") from None
     if not order:
         raise DnasError(f"{name}: shard {path} holds no samples")
     xs, ys = [], []
@@ -264,7 +247,7 @@ def read_shards(spec: CifarSpec, folder: Path, split: str) -> tuple[torch.Tensor
     try:
         atomic_torch_save(cpath, {"key": key, "images": x, "labels": y})
     except OSError as e:  # a read-only cache dir should not stop training, only make it slower next time
-        warnings.warn(f"{spec.name}: could not write cache {cpath} ({_one_line(e)})", stacklevel=2)
+        warnings.warn(f"{spec.name}: could not write cache {cpath} ({one_line(e)})", stacklevel=2)
     return x, y
 
 
@@ -285,35 +268,6 @@ def load_cifar(name: str, split: str, data_dir: str | os.PathLike | None) -> tup
 # ----------------------------------------------------------------------------------------------
 # Download
 # ----------------------------------------------------------------------------------------------
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fetch(name: str, url: str, md5: str, archive: Path) -> None:
-    """Download `url` to a temp file next to `archive`, check its md5, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=archive.parent)
-    try:
-        h = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-        if h.hexdigest() != md5:
-            raise DnasError(f"{name}: md5 mismatch for {url}: got {h.hexdigest()}, expected {md5}")
-        os.replace(tmp, archive)
-    except DnasError:
-        raise
-    except (OSError, ValueError) as e:  # URLError is an OSError; ValueError: malformed URL
-        raise DnasError(f"{name}: download of {url} failed ({_one_line(e)})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _safe_extractall(tf: tarfile.TarFile, dest: str) -> None:
@@ -345,12 +299,12 @@ def download_cifar(name: str, root: str | os.PathLike, url: str | None = None, m
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise DnasError(f"{name}: cannot create {root} ({_one_line(e)})") from None
+        raise DnasError(f"{name}: cannot create {root} ({one_line(e)})") from None
     url = url or spec.url
     md5 = (md5 or spec.md5).lower()
     archive = root / spec.archive
-    if not (archive.is_file() and _md5(archive) == md5):
-        _fetch(name, url, md5, archive)
+    if not (archive.is_file() and file_md5(archive) == md5):
+        fetch(name, url, md5, archive)
     tmpdir = tempfile.mkdtemp(prefix=f".{spec.folder}.", dir=root)
     try:
         with tarfile.open(archive, mode="r:gz") as tf:
@@ -362,7 +316,7 @@ def download_cifar(name: str, root: str | os.PathLike, url: str | None = None, m
     except DnasError:
         raise
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise DnasError(f"{name}: cannot extract {archive} ({_one_line(e)})") from None
+        raise DnasError(f"{name}: cannot extract {archive} ({one_line(e)})") from None
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return target

@@ -6,11 +6,12 @@ import os
 import torch
 
 from ..errors import DnasError
+from . import svhn
 from .builtin import load_digits_split, load_synthetic_split
 from .cifar import load_cifar
 from .core import ImageDataset, balanced_subset, generator, resize_images
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100")
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn")
 SPLITS = ("train", "test")
 
 # Stream ids keep the train shuffle independent of other uses of the same seed.
@@ -30,8 +31,8 @@ def load_dataset(
 
     The train split comes back in a random order seeded by `seed` (the CIFAR shards are stored
     round-robin by class, and `split_indices` takes a prefix). `subset=N` keeps N class-balanced
-    images chosen with `seed`; `resolution=R` resizes every image once to R x R. CIFAR reads
-    `data_dir`, else $DNAS_DATA_DIR.
+    images chosen with `seed`; `resolution=R` resizes every image once to R x R. CIFAR and SVHN
+    read `data_dir`, else $DNAS_DATA_DIR.
     """
     if name not in DATASETS:
         raise DnasError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
@@ -48,6 +49,9 @@ def load_dataset(
     elif name == "synthetic":
         images, labels, mean, std = load_synthetic_split(split, resolution)  # generated at `resolution`
         num_classes, pad, flip = 10, 0, False
+    elif name == "svhn":
+        images, labels = svhn.load_svhn(split, data_dir)
+        num_classes, mean, std, pad, flip = svhn.NUM_CLASSES, svhn.MEAN, svhn.STD, 4, True  # as darts-pt
     else:
         images, labels, spec = load_cifar(name, split, data_dir)
         num_classes, mean, std, pad, flip = spec.num_classes, spec.mean, spec.std, 4, True

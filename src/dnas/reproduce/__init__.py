@@ -60,7 +60,7 @@ def _check_out_dir(out: Path, protocol: Protocol, report_only: bool) -> None:
 def _data_dir(protocol: Protocol, data_dir: str | None) -> str | None:
     data_dir = data_dir or os.environ.get("DNAS_DATA_DIR") or None
     if protocol.dataset.startswith("cifar"):
-        from ..data.cifar import resolve_data_dir
+        from ..data.files import resolve_data_dir
         return str(resolve_data_dir(protocol.dataset, data_dir).resolve())
     return data_dir
 

@@ -16,9 +16,11 @@ the loss is invariant to rescaling whatever feeds a BN, so the first-order effec
 that is (nearly) the only contributor to a node nearly vanishes and its sign is noise (the tests
 show it); ``bn_mode=train`` is available (running statistics are restored afterwards either way).
 
-Selection (our reading): NB201: argmax of S per edge, ``none`` included (it scores 0, so it wins only
-when removing every other op would lower the loss); DARTS spaces: the best non-``none`` op per edge,
-then the two inputs per node whose op scores highest (the standard DARTS rule on S).
+Selection (the reconstruction in the method notes): the best non-``none`` op per edge; DARTS spaces
+then keep the two inputs per node whose op scores highest (the standard DARTS rule on S). Option
+``include_none=true`` lets ``none`` (S = 0) win an NB201 edge where removing every other op would
+lower the loss; that was this module's first reading, and on the nb201-cpu supernets it chose
+``none`` for all three inputs of the output node on every seed (a cell that computes nothing).
 Options: ``abs=true`` uses |Σ_cells <...>| per batch (the usual Taylor-pruning magnitude; the spec's
 reconstruction puts the absolute value inside the expectation); ``progressive=true`` fixes one edge at
 a time with DARTS-PT's fine-tuning schedule (``progressive.py``), scoring the supernet as it is at each
@@ -51,9 +53,11 @@ DEFAULTS: dict[str, Any] = {
     "abs": False,
     "bn_mode": "eval",
     "progressive": False,
+    "include_none": False,      # NB201: may ``none`` be chosen (it scores 0)?
     **SCHEDULE_DEFAULTS,        # progressive only, as pt
 }
-CHOICES = {**SCHEDULE_CHOICES, "abs": (True, False), "bn_mode": ("train", "eval"), "progressive": (True, False)}
+CHOICES = {**SCHEDULE_CHOICES, "abs": (True, False), "bn_mode": ("train", "eval"), "progressive": (True, False),
+           "include_none": (True, False)}
 
 
 def operation_strength(model: nn.Module, loader: BatchLoader, *, bn_train: bool = False,
@@ -122,8 +126,8 @@ class OstrDecider:
     def op(self, ct: str, edge: int) -> tuple[int, dict[str, Any]]:
         s = self._scores(ct)
         names = self.model.arch.space.cells[ct].ops[edge]
-        nb201 = self.model.arch.space.family == "nb201"
-        cand = [k for k, n in enumerate(names) if nb201 or n != "none"]
+        none_ok = self.opts["include_none"] and self.model.arch.space.family == "nb201"  # DARTS: never
+        cand = [k for k, n in enumerate(names) if n != "none" or none_ok]
         best = max(cand, key=lambda k: (float(s[edge, k]), -k))  # ties: lower index
         return best, {"candidates": {n: {"ostr": float(s[edge, k])} for k, n in enumerate(names)}}
 
@@ -144,6 +148,22 @@ def _progressive_table(run: "SearchRun", decisions: list[dict[str, Any]]) -> dic
     return table
 
 
+def _without_none(run: "SearchRun", scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The scores with ``none`` and removed ops at -inf, so discretising never picks them; an edge with
+    nothing else left (removed, or fixed to ``none``) keeps its scores, and ``none`` wins there."""
+    arch, out = run.model.arch, {}
+    for ct, s in scores.items():
+        s = s.clone()
+        mask, fixed = arch.mask(ct).detach().cpu(), arch.fixed(ct).tolist()
+        for e, names in enumerate(run.space.cells[ct].ops):
+            keep = [k for k, name in enumerate(names)
+                    if name != "none" and mask[e, k] != 0 and fixed[e] in (-1, k)]
+            if keep:
+                s[e, [k for k in range(len(names)) if k not in keep]] = float("-inf")
+        out[ct] = s
+    return out
+
+
 def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     if run is None:
         raise DnasError("ostr needs a trained supernet (a search run directory)")
@@ -155,7 +175,7 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     if opts["progressive"]:
         schedule = Schedule.from_options("ostr", opts, run)
         ref_run = dataclasses.replace(run, model=model)  # tune the model that the hooks see
-        shaping = {k: opts[k] for k in ("batches", "eval_batch_size", "abs", "bn_mode")}
+        shaping = {k: opts[k] for k in ("batches", "eval_batch_size", "abs", "bn_mode", "include_none")}
         result = run_progressive(ref_run, ctx, lambda: OstrDecider(model, loader, opts), schedule, shaping)
         with torch.no_grad():
             projected = {ct: model.arch.base_weights(ct).detach().cpu() for ct in model.arch.cell_types}
@@ -168,7 +188,8 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     t0 = time.time()
     scores, n = operation_strength(model, loader, bn_train=opts["bn_mode"] == "train", max_batches=opts["batches"],
                                    absolute=opts["abs"])
-    return Selection(method="ostr", space=run.space.name, genotype=run.space.discretize(scores),
+    pickable = scores if opts["include_none"] else _without_none(run, scores)  # DARTS spaces drop none anyway
+    return Selection(method="ostr", space=run.space.name, genotype=run.space.discretize(pickable),
                      scores=scores_to_json(scores),
                      cost={"seconds": time.time() - t0, "forward_passes": n, "finetune_epochs": 0}, options=opts)
 
