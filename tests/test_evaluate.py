@@ -10,7 +10,7 @@ import torch
 from dnas.cli import main
 from dnas.errors import DnasError
 from dnas.evaluate import DartsNetwork, genotype_from_run, make_config, preset, train_network
-from dnas.evaluate.darts_net import DartsEvalCell
+from dnas.evaluate.darts_net import DartsEvalCell, auxiliary_fits
 from dnas.evaluate.train import apply_cutout, lr_at
 from dnas.io import atomic_write_json, read_jsonl
 from dnas.spaces import DartsGenotype
@@ -43,6 +43,19 @@ def test_darts_network_structure_and_outputs():
     assert logits.shape == aux.shape == (2, 7)
     net.eval()
     assert net(x).shape == (2, 7)  # no auxiliary output outside training
+
+
+def test_auxiliary_head_input_sizes():
+    """auxiliary_fits is exactly the set of input sizes where the head runs (32, 36, 40 here)."""
+    torch.manual_seed(0)
+    net = DartsNetwork(DartsGenotype.parse(DARTS_G), channels=4, layers=3, num_classes=7, auxiliary=True).train()
+    for r in range(28, 45):
+        try:
+            net(torch.randn(2, 3, r, r))
+            ran = True
+        except RuntimeError:
+            ran = False
+        assert ran == auxiliary_fits(r), r
 
 
 def test_drop_path_only_in_training_and_never_on_identity():
@@ -83,6 +96,14 @@ def test_presets():
     assert (preset("s3", "cifar100")["channels"], preset("s3", "cifar100")["layers"]) == (16, 8)
     assert (preset("darts", "cifar100")["channels"], preset("darts", "cifar100")["layers"]) == (36, 20)
     assert preset("darts", "synthetic")["cutout"] == 0
+    # DARTS's auxiliary head only fits ~32 px inputs (an 8x8 map after two reductions).
+    assert preset("darts", "synthetic")["auxiliary_weight"] == 0.0 == preset("s3", "svhn", 16)["auxiliary_weight"]
+    assert preset("s3", "svhn")["auxiliary_weight"] == 0.4 == preset("darts", "digits", 32)["auxiliary_weight"]
+    assert make_config("darts", DARTS_G, "cifar10", resolution=16).auxiliary_weight == 0.0
+    with pytest.raises(DnasError, match="auxiliary head needs 32, 36 or 40 px"):
+        make_config("darts", DARTS_G, "cifar10", resolution=16, auxiliary_weight=0.4)
+    with pytest.raises(DnasError, match='multiple of 4'):
+        make_config('darts', DARTS_G, 'cifar10', resolution=30)
     cfg = make_config("darts", DARTS_G, "cifar10", epochs=3, lr=None)
     assert cfg.epochs == 3 and cfg.lr == 0.025 and cfg.genotype == str(DartsGenotype.parse(DARTS_G))
     with pytest.raises(DnasError, match="unknown training settings"):

@@ -7,12 +7,17 @@ import torch
 
 from ..errors import DnasError
 from . import svhn
-from .builtin import load_digits_split, load_synthetic_split
+from .builtin import SYNTHETIC_RESOLUTION, load_digits_split, load_synthetic_split
 from .cifar import load_cifar
 from .core import ImageDataset, balanced_subset, generator, resize_images
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn")
 SPLITS = ("train", "test")
+
+def native_resolution(name: str) -> int:
+    """The side of a dataset's images as stored (synthetic: as generated without `resolution`)."""
+    return {"digits": 8, "synthetic": SYNTHETIC_RESOLUTION}.get(name, 32)
+
 
 # Stream ids keep the train shuffle independent of other uses of the same seed.
 _SHUFFLE_STREAM = 0x5F1E

@@ -54,6 +54,13 @@ class DartsEvalCell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+def auxiliary_fits(resolution: int) -> bool:
+    """Whether DARTS's auxiliary head works on inputs of ``resolution`` px: it sits after the second
+    reduction (an r/4 map; r is a multiple of 4), and its 5/3 pool and 2x2 conv leave the 1x1 its
+    linear layer expects only for maps of 8-10 px, i.e. r = 32, 36 or 40."""
+    return resolution % 4 == 0 and 8 <= resolution // 4 <= 10
+
+
 class AuxiliaryHeadCIFAR(nn.Module):
     """DARTS's auxiliary classifier for an 8x8 input: ReLU, avgpool 5/3, conv1x1 128, conv2x2 768, linear."""
 

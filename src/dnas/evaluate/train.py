@@ -6,7 +6,9 @@ Protocols (``preset``; every field can be overridden):
 * DARTS spaces: 20 cells, C=36, 600 epochs, batch 96, SGD momentum 0.9, lr 0.025 cosine to 0, wd 3e-4,
   grad-clip 5, auxiliary head weight 0.4, cutout 16, drop-path 0.2 (raised linearly from 0 over the epochs,
   as in DARTS). RobustDARTS S1-S4 on CIFAR-100 / SVHN: 8 cells, C=16 (darts-pt's ``eval-c100/svhn.sh``).
-* The presets use cutout on CIFAR-type data only (a 16-pixel hole would wipe out the 8x8 built-in sets).
+* The presets use cutout on CIFAR-type data only (a 16-pixel hole would wipe out the 8x8 built-in sets),
+  and DARTS's auxiliary head only at the input sizes it is built for (32, 36, 40 px; asking for it at
+  others is refused).
 
 ``batch_size`` is the global batch: under ``torchrun`` with K processes each rank takes batch/K samples, so
 the optimisation is the same as one process with the whole batch (BN statistics are per rank, as usual in
@@ -29,6 +31,7 @@ from tqdm import tqdm
 
 from ..bench import lookup_nb201
 from ..data import BatchLoader, ImageDataset, load_dataset
+from ..data.load import native_resolution
 from ..data.core import derive_seed, generator
 from ..errors import DnasError
 from ..io import read_json
@@ -36,8 +39,10 @@ from ..rundir import (CHECKPOINT, CONFIG, RESULT, load_checkpoint, log_metrics, 
                       rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
                       update_result)
 from ..spaces import get_space
+from ..supernet import check_resolution
 from ..tensorboard import tb_log
 from .counts import count_flops, count_params
+from .darts_net import auxiliary_fits
 from .distributed import DistContext, init_distributed
 from .networks import DEFAULT_SIZE, build_network
 
@@ -76,8 +81,9 @@ class TrainConfig:
     source: str | None = None  # where the genotype came from (RUN[:METHOD]), informational
 
 
-def preset(space: str, dataset: str) -> dict[str, Any]:
-    """The published training protocol of ``space`` on ``dataset`` (see the module docstring)."""
+def preset(space: str, dataset: str, resolution: int | None = None) -> dict[str, Any]:
+    """The published training protocol of ``space`` on ``dataset`` (see the module docstring); at an
+    input size DARTS's auxiliary head cannot take (anything but ~32 px) the preset has no auxiliary head."""
     family = get_space(space).family
     cifar = dataset in CIFAR_LIKE
     if family == "nb201":
@@ -89,7 +95,9 @@ def preset(space: str, dataset: str) -> dict[str, Any]:
     if space in ("s1", "s2", "s3", "s4") and dataset in ("cifar100", "svhn"):
         c, n = 16, 8
     return dict(epochs=600, batch_size=96, lr=0.025, lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4,
-                grad_clip=5.0, channels=c, layers=n, auxiliary_weight=0.4, drop_path=0.2, cutout=16 if cifar else 0)
+                grad_clip=5.0, channels=c, layers=n,
+                auxiliary_weight=0.4 if auxiliary_fits(resolution or native_resolution(dataset)) else 0.0,
+                drop_path=0.2, cutout=16 if cifar else 0)
 
 
 def make_config(space: str, genotype: str, dataset: str = "cifar10", **overrides: Any) -> TrainConfig:
@@ -100,7 +108,8 @@ def make_config(space: str, genotype: str, dataset: str = "cifar10", **overrides
         raise DnasError(f"unknown training settings: {', '.join(unknown)}")
     sp = get_space(space)
     text = str(sp.parse(genotype)) if isinstance(genotype, str) else str(sp.validate(genotype))
-    values = {**preset(space, dataset), **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**preset(space, dataset, overrides.get("resolution")),
+              **{k: v for k, v in overrides.items() if v is not None}}
     cfg = TrainConfig(space=sp.name, genotype=text, dataset=dataset, **values)
     check_config(cfg)
     return cfg
@@ -117,6 +126,11 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise DnasError(msg)
+    check_resolution(cfg.resolution)
+    side = cfg.resolution or native_resolution(cfg.dataset)
+    if cfg.auxiliary_weight > 0 and get_space(cfg.space).family != "nb201" and not auxiliary_fits(side):
+        raise DnasError(f"--auxiliary-weight {cfg.auxiliary_weight}: DARTS's auxiliary head needs 32, 36 or 40 px inputs, "
+                        f"got {side} px; pass --auxiliary-weight 0")
 
 
 def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str, Any]:

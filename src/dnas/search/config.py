@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DnasError
+from ..supernet import check_resolution
 
 
 @dataclass
@@ -65,5 +66,4 @@ class SearchConfig:
             raise DnasError(f"--cells must be >= 1, got {self.cells}")
         if not 0.0 < self.train_portion < 1.0:
             raise DnasError(f"train portion must be in (0, 1), got {self.train_portion}")
-        if self.resolution is not None and self.resolution < 4:
-            raise DnasError(f"--resolution must be >= 4, got {self.resolution}")
+        check_resolution(self.resolution)

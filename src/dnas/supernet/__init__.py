@@ -45,11 +45,18 @@ def _reference(space: Space, arch: ArchState, channels: int, cells: int, num_cla
 IMPLS = {"reference": _reference, "fast": build_fast}
 
 
+def check_resolution(resolution: int | None) -> None:
+    """Inputs must be a multiple of 4 px: every network here halves its map twice with layers whose two
+    paths only agree on even sizes (NB201's residual reductions, DARTS's FactorizedReduce)."""
+    if resolution is not None and (resolution < 4 or resolution % 4):
+        raise DnasError(f"--resolution must be a multiple of 4 (the networks halve the map twice), got {resolution}")
+
+
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The network weights w (everything except α)."""
     arch_ids = {id(p) for p in model.arch.parameters()}
     return [p for p in model.parameters() if id(p) not in arch_ids]
 
 
-__all__ = ["ACTIVATIONS", "ArchState", "DEFAULT_CELLS", "DartsSupernet", "IMPLS", "Nb201Network", "Nb201Supernet",
+__all__ = ["ACTIVATIONS", "ArchState", "DEFAULT_CELLS", "check_resolution", "DartsSupernet", "IMPLS", "Nb201Network", "Nb201Supernet",
            "build_supernet", "weight_parameters"]
