@@ -18,6 +18,12 @@ def run_cli(args, capsys):
 
 
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--channels", "4", "--cells", "1", "--quiet"]
+NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|avg_pool_3x3~0|skip_connect~1|avg_pool_3x3~2|"
+DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+              "('sep_conv_3x3', 2), ('skip_connect', 1), ('skip_connect', 1), ('skip_connect', 3)], "
+              "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_3x3', 0), ('skip_connect', 1), ('skip_connect', 2), "
+              "('sep_conv_3x3', 1), ('skip_connect', 3), ('skip_connect', 1), ('skip_connect', 1), "
+              "('sep_conv_3x3', 0)], reduce_concat=[2, 3, 4, 5])")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -32,11 +38,27 @@ TINY = ["--dataset", "synthetic", "--epochs", "1", "--channels", "4", "--cells",
     (["search", "--out", "{tmp}/a", "--activation", "relu"], "unknown activation"),
     (["search", "--out", "{tmp}/a", "--device", "tpu"], "unknown device"),
     (["search", "--out", "{tmp}/a", "--subset", "5"], "subset"),
+    (["search", "--out", "{tmp}/a", "--resolution", "10"], "multiple of 4"),
+    (["search", "--out", "{tmp}/a", "--option", "bogus=1"], "--option bogus: not used by mode darts1"),
+    (["search", "--out", "{tmp}/a", "--mode", "prime", "--option", "admm_freq=5"], "admm_freq: not used"),
+    (["search", "--out", "{tmp}/file.txt"], "is a file, not a run directory"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--layers", "0"], "--layers must be >= 1"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--channels", "0"], "--channels and --layers must be >= 1"),
+    (["train", "--space", "darts", "--arch", DARTS_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--channels", "5"], "even channel count"),
+    (["train", "--space", "darts", "--arch", DARTS_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--auxiliary-weight", "0.4"], "auxiliary head needs 32, 36 or 40 px"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/file.txt"],
+     "is a file"),
+    (["reproduce", "smoke", "--out", "{tmp}/file.txt"], "is not a directory"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    (tmp_path / "file.txt").write_text("keep me")
     code, out, err = run_cli(args, capsys)
     assert code == 2
     lines = err.strip().splitlines()
@@ -44,6 +66,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, args, needle):
     assert needle in lines[0]
     assert "Traceback" not in err
     assert not (tmp_path / "a").exists()  # nothing written
+    assert (tmp_path / "file.txt").read_text() == "keep me"
 
 
 def test_search_runs_and_refuses_to_overwrite(tmp_path, capsys):

@@ -368,3 +368,16 @@ def test_cli_rejects_bad_options_before_creating_the_run(tmp_path, capsys):
         assert main(["search", "--out", str(out), "--mode", mode, "--option", opt, "--quiet"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "--option" in err and not out.exists()
+
+
+def test_options_a_mode_never_reads_are_refused():
+    """An option is checked against what the mode's recipe actually reads with the other settings."""
+    from dnas.search.modes import make_config
+
+    assert make_config("prime", options={"reg": "admm", "admm_freq": 5}).options["admm_freq"] == 5
+    with pytest.raises(DnasError, match="admm_freq: not used by mode prime"):
+        make_config("prime", options={"admm_freq": 5})  # the default regulariser is prox
+    with pytest.raises(DnasError, match="crb_prune: not used"):
+        make_config("darts1", options={"crb_prune": False})  # only the crb activation prunes
+    assert make_config("darts1", activation="crb", options={"crb_prune": False}).options == {"crb_prune": False}
+    assert make_config("darts2", options={"fd_r": 0.02}).options == {"fd_r": 0.02}

@@ -31,6 +31,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
     run = Path(path)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
+    if run.exists() and not run.is_dir():
+        raise DnasError(f"{run} is a file, not a run directory")
     exists = run.exists() and any(run.iterdir())
     if resume:
         if not (run / CONFIG).exists():
@@ -44,8 +46,6 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
     if exists:
         if not force:
             raise DnasError(f"{run} already exists; use --resume to continue it or --force to start over")
-        if run.is_file():
-            raise DnasError(f"{run} is a file, not a run directory")
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     if config is not None:

@@ -54,6 +54,12 @@ class DartsEvalCell(nn.Module):
         return torch.cat([states[i] for i in self.concat], dim=1)
 
 
+def check_darts_size(channels: int, layers: int) -> None:
+    check_layers(layers)
+    if channels < 2 or channels % 2:
+        raise DnasError(f"DARTS networks need an even channel count >= 2 (FactorizedReduce), got {channels}")
+
+
 def auxiliary_fits(resolution: int) -> bool:
     """Whether DARTS's auxiliary head works on inputs of ``resolution`` px: it sits after the second
     reduction (an r/4 map; r is a multiple of 4), and its 5/3 pool and 2x2 conv leave the 1x1 its
@@ -89,9 +95,7 @@ class DartsNetwork(nn.Module):
     def __init__(self, genotype: DartsGenotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
                  auxiliary: bool = False, in_channels: int = 3, op_affine: bool = True):
         super().__init__()
-        check_layers(layers)
-        if channels < 2 or channels % 2:
-            raise DnasError(f"DARTS networks need an even channel count >= 2 (FactorizedReduce), got {channels}")
+        check_darts_size(channels, layers)
         self.genotype = genotype
         self.drop_path_prob = 0.0
         c_stem = STEM_MULTIPLIER * channels

@@ -42,7 +42,7 @@ from ..spaces import get_space
 from ..supernet import check_resolution
 from ..tensorboard import tb_log
 from .counts import count_flops, count_params
-from .darts_net import auxiliary_fits
+from .darts_net import auxiliary_fits, check_darts_size
 from .distributed import DistContext, init_distributed
 from .networks import DEFAULT_SIZE, build_network
 
@@ -126,6 +126,10 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise DnasError(msg)
+    if cfg.channels < 1 or cfg.layers < 1:
+        raise DnasError(f"--channels and --layers must be >= 1, got {cfg.channels} and {cfg.layers}")
+    if get_space(cfg.space).family != "nb201":
+        check_darts_size(cfg.channels, cfg.layers)
     check_resolution(cfg.resolution)
     side = cfg.resolution or native_resolution(cfg.dataset)
     if cfg.auxiliary_weight > 0 and get_space(cfg.space).family != "nb201" and not auxiliary_fits(side):

@@ -45,6 +45,8 @@ def _check_grid(protocol: Protocol) -> None:
 
 def _check_out_dir(out: Path, protocol: Protocol, report_only: bool) -> None:
     """An output directory holds one protocol version; other seeds may be added later."""
+    if out.exists() and not out.is_dir():
+        raise DnasError(f"--out {out} exists and is not a directory")
     path = out / PROTOCOL_FILE
     if path.exists():
         saved = read_json(path)

@@ -4,6 +4,7 @@ Add a mode by calling ``register_mode``; ``dnas search --mode NAME`` picks it up
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -39,6 +40,41 @@ def get_mode(name: str) -> Mode:
         raise DnasError(f"unknown mode {name!r} (known: {', '.join(MODES)})") from None
 
 
+class _ReadOptions(dict):
+    """A mode's options that note which keys the mode looked at."""
+
+    def __init__(self, options: dict[str, Any]):
+        super().__init__(options)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        self.read.add(str(key))
+        return super().__contains__(key)
+
+
+def check_unused_options(m: Mode, config: SearchConfig) -> None:
+    """Refuse options the mode never reads with these settings (a typo, or e.g. ``admm_freq`` with
+    ``reg=prox``): building the recipe once on a copy shows which keys it looks at."""
+    if not config.options:
+        return
+    probe = dataclasses.replace(config, options=_ReadOptions(config.options))
+    if m.configure is not None:
+        m.configure(probe)
+    m.build(probe)
+    unused = sorted(set(config.options) - probe.options.read)
+    if unused:
+        raise DnasError(f"--option {', '.join(unused)}: not used by mode {m.name} with these settings "
+                        f"({m.description})")
+
+
 def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
     """A SearchConfig for ``mode``: the mode's paper defaults, then ``fields``, then the mode's own checks
     and derived settings (e.g. DARTS-PRIME's dynamic split). The library's way to get what the CLI gets."""
@@ -48,6 +84,7 @@ def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
         if not hasattr(config, k):
             raise DnasError(f"unknown search setting {k!r}")
         setattr(config, k, v)
+    check_unused_options(m, config)
     if m.configure is not None:
         m.configure(config)
     return config
