@@ -53,6 +53,7 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/file.txt"],
      "is a file"),
     (["reproduce", "smoke", "--out", "{tmp}/file.txt"], "is not a directory"),
+    (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/file.txt/cell.png"], "file.txt"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -97,6 +97,13 @@ def test_ostr_picks_dominant_op(dominated):
         assert sel.genotype.ops[4] == sel.genotype.ops[5] == "none"  # removed edges: nothing else is left
 
 
+def test_magnitude_takes_no_options():
+    run = build_run(tiny_config())
+    assert select("magnitude", run).method == "magnitude"
+    with pytest.raises(DnasError, match="magnitude: unknown option.*it takes none"):
+        select("magnitude", run, proj_intv=5)
+
+
 def test_ostr_picks_none_only_when_asked(monkeypatch):
     """Every op's removal would lower the loss (S < 0) on every edge: the best real op is kept by
     default; include_none=true lets none (S = 0) win, the module's first reading."""

@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except DnasError as e:
         sys.stderr.write(f"dnas: error: {e}\n")
         return 2
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        # A path the user named clashes with the file system (a file where a folder must go, no rights).
+        sys.stderr.write(f"dnas: error: {e.filename}: {e.strerror}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("dnas: interrupted (resume with --resume)\n")
         return 130

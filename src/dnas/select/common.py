@@ -25,7 +25,8 @@ def method_options(ctx: "SelectionContext", defaults: Mapping[str, Any],
     """``ctx.options`` over ``defaults``; unknown keys and values outside ``choices`` are user errors."""
     unknown = sorted(set(ctx.options) - set(defaults))
     if unknown:
-        raise DnasError(f"{ctx.method}: unknown option(s) {', '.join(unknown)} (known: {', '.join(defaults)})")
+        known = f"known: {', '.join(defaults)}" if defaults else "it takes none"
+        raise DnasError(f"{ctx.method}: unknown option(s) {', '.join(unknown)} ({known})")
     opts = {**defaults, **ctx.options}
     for key, allowed in (choices or {}).items():
         if opts[key] not in allowed:

@@ -17,6 +17,7 @@ from ..io import atomic_torch_save, atomic_write_json, torch_load
 from ..rundir import update_result
 from ..spaces import Space
 from .base import Selection
+from .common import method_options
 from .magnitude import select_magnitude
 
 
@@ -73,8 +74,12 @@ def register_method(method: Method) -> Method:
     return method
 
 
-register_method(Method("magnitude", lambda run, ctx: select_magnitude(run.model.arch),
-                       description="argmax of the mixing weights (DARTS)"))
+def _magnitude(run: Any, ctx: SelectionContext) -> Selection:
+    method_options(ctx, {})  # it has none: any option is a mistake
+    return select_magnitude(run.model.arch)
+
+
+register_method(Method("magnitude", _magnitude, description="argmax of the mixing weights (DARTS)"))
 
 
 def _load_methods() -> None:
