@@ -14,6 +14,7 @@ from .core import ImageDataset, balanced_subset, generator, resize_images
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn")
 SPLITS = ("train", "test")
 
+
 def native_resolution(name: str) -> int:
     """The side of a dataset's images as stored (synthetic: as generated without `resolution`)."""
     return {"digits": 8, "synthetic": SYNTHETIC_RESOLUTION}.get(name, 32)

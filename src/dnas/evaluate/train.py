@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from ..bench import lookup_nb201
 from ..data import BatchLoader, ImageDataset, load_dataset
-from ..data.load import native_resolution
 from ..data.core import derive_seed, generator
+from ..data.load import native_resolution
 from ..errors import DnasError
 from ..io import read_json
 from ..rundir import (CHECKPOINT, CONFIG, RESULT, load_checkpoint, log_metrics, prepare_run_dir, read_result,
@@ -128,11 +128,12 @@ def check_config(cfg: TrainConfig) -> None:
             raise DnasError(msg)
     if cfg.channels < 1 or cfg.layers < 1:
         raise DnasError(f"--channels and --layers must be >= 1, got {cfg.channels} and {cfg.layers}")
-    if get_space(cfg.space).family != "nb201":
+    darts = get_space(cfg.space).family != "nb201"
+    if darts:
         check_darts_size(cfg.channels, cfg.layers)
     check_resolution(cfg.resolution)
     side = cfg.resolution or native_resolution(cfg.dataset)
-    if cfg.auxiliary_weight > 0 and get_space(cfg.space).family != "nb201" and not auxiliary_fits(side):
+    if darts and cfg.auxiliary_weight > 0 and not auxiliary_fits(side):
         raise DnasError(f"--auxiliary-weight {cfg.auxiliary_weight}: DARTS's auxiliary head needs 32, 36 or 40 px inputs, "
                         f"got {side} px; pass --auxiliary-weight 0")
 
