@@ -52,11 +52,11 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 try:
     from dnas.spaces import get_space
-    from dnas.supernet import build_supernet, weight_parameters
+    from dnas.supernet import build_supernet, frozen_weights, weight_parameters
 except ImportError:  # run from a fresh clone without an editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from dnas.spaces import get_space
-    from dnas.supernet import build_supernet, weight_parameters
+    from dnas.supernet import build_supernet, frozen_weights, weight_parameters
 
 IMPL_NAMES = {"dnas": "fast", "dnas-reference": "reference"}
 SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl", "xautodl-shipped"), "darts": ("dnas", "dnas-reference")}
@@ -102,7 +102,8 @@ class Bench:
             self.a_opt.step()
             return
         self.a_opt.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(self._loss(x, y), self.alphas)
+        with frozen_weights(self.weights):  # as dnas's search does (no change for autograd's own ops)
+            grads = torch.autograd.grad(self._loss(x, y), self.alphas)
         for a, g in zip(self.alphas, grads):
             a.grad = g
         self.a_opt.step()

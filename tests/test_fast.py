@@ -224,3 +224,22 @@ def test_conv_recorder_sees_every_convolution():
     names = [func.__name__ for func, _, _ in recorder.calls]
     assert names.count("convolution.default") == convs
     assert names.count("convolution_backward.default") == convs
+
+
+def test_frozen_weights_alpha_step(monkeypatch):
+    """∇α with the weights out of the graph equals ∇α with them in, computes no weight gradient (the 5x5
+    depthwise custom op is in the graph: the rewrites are forced on), and restores requires_grad."""
+    from dnas.supernet import frozen_weights, weight_parameters
+
+    monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
+    _, _, fast = _pair("darts", dtype=torch.float64)
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    y = torch.tensor([1, 3])
+    weights, alphas = weight_parameters(fast), list(fast.arch.parameters())
+    plain = torch.autograd.grad(F.cross_entropy(fast(x), y), alphas)
+    with frozen_weights(weights):
+        assert not any(p.requires_grad for p in weights)
+        frozen = torch.autograd.grad(F.cross_entropy(fast(x), y), alphas)
+    assert all(p.requires_grad for p in weights) and all(p.grad is None for p in weights)
+    for a, b in zip(frozen, plain):
+        _close(a, b, "alpha gradient")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
+from ..supernet import frozen_weights
+
 if TYPE_CHECKING:
     from .trainer import Searcher
 
@@ -47,8 +49,9 @@ class FirstOrder(ArchUpdate):
     name = "first-order"
 
     def backward(self, s: "Searcher", train_batch: Batch, valid_batch: Batch) -> float:
-        loss = s.arch_loss(*valid_batch)
-        torch.autograd.backward(loss, inputs=s.a_params)  # w gradients are not needed: ~1.3x faster
+        with frozen_weights(s.w_params):  # w gradients are not needed: ~1.3x faster
+            loss = s.arch_loss(*valid_batch)
+            torch.autograd.backward(loss, inputs=s.a_params)
         return float(loss.detach())
 
 
