@@ -227,8 +227,8 @@ def test_conv_recorder_sees_every_convolution():
 
 
 def test_frozen_weights_alpha_step(monkeypatch):
-    """∇α with the weights out of the graph equals ∇α with them in, computes no weight gradient (the 5x5
-    depthwise custom op is in the graph: the rewrites are forced on), and restores requires_grad."""
+    """∇α with the weights out of the graph equals ∇α with them in; the 5x5 depthwise custom op (the
+    rewrites are forced on) then computes no weight gradient; requires_grad is restored."""
     from dnas.supernet import frozen_weights, weight_parameters
 
     monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
@@ -236,10 +236,15 @@ def test_frozen_weights_alpha_step(monkeypatch):
     x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
     y = torch.tensor([1, 3])
     weights, alphas = weight_parameters(fast), list(fast.arch.parameters())
+    calls = []
+    real = fast_ops.depthwise5x5_weight_grad
+    monkeypatch.setattr(fast_ops, "depthwise5x5_weight_grad", lambda *a: calls.append(1) or real(*a))
     plain = torch.autograd.grad(F.cross_entropy(fast(x), y), alphas)
+    assert calls  # without freezing, the custom op computes (and autograd discards) its weight gradient
+    calls.clear()
     with frozen_weights(weights):
         assert not any(p.requires_grad for p in weights)
         frozen = torch.autograd.grad(F.cross_entropy(fast(x), y), alphas)
-    assert all(p.requires_grad for p in weights) and all(p.grad is None for p in weights)
+    assert not calls and all(p.requires_grad for p in weights)
     for a, b in zip(frozen, plain):
         _close(a, b, "alpha gradient")
