@@ -242,3 +242,23 @@ def test_selections_carry_nb201_ground_truth(tmp_path, monkeypatch, nb201_table_
         gt = result["selections"][method]["ground_truth"]
         assert gt["arch_str"] == result["selections"][method]["genotype"]
         assert 10.0 <= gt["cifar10_test"] <= 94.38 and 1 <= gt["rank"] <= 15625
+
+
+def test_second_order_steps_with_ops_out_of_the_graph():
+    """Ops whose mixing weight is exactly 0 (a fixed edge, a masked op) are never computed, so their
+    weights get no gradient in the virtual step; darts2 must still step (PT fine-tunes darts2 supernets)."""
+    from dnas.search.modes import make_config
+
+    cfg = make_config("darts2", **{k: v for k, v in vars(tiny()).items() if k != "mode"})
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    run.model.arch.fix_edge("cell", 0, 3)
+    run.model.arch.remove_op("cell", 1, 2)
+    before = [a.detach().clone() for a in s.a_params]
+    xt, yt = next(iter(run.train.epoch(0)))
+    xv, yv = next(iter(run.valid.epoch(0)))
+    s.arch_step((xt, yt), (xv, yv))
+    assert all(torch.isfinite(a).all() for a in s.a_params)
+    assert any(not torch.equal(a, b) for a, b in zip(s.a_params, before))
+    with pytest.raises(DnasError, match="fd_r: must be > 0"):
+        make_config("darts2", options={"fd_r": 0})

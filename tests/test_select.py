@@ -81,10 +81,26 @@ def test_pt_picks_dominant_op(dominated):
     run.model.load_state_dict(dominated.model.state_dict())
     sel = select("pt", run, proj_intv=1, max_batches=2)
     d = next(d for d in sel.decisions if d["edge"] == DOM_EDGE)
-    base = d["candidates"]["none"]["acc"]  # zeroing an op that is already zero changes nothing
-    assert all(c["acc"] == base for n, c in d["candidates"].items() if n != DOM_OP)
-    assert d["candidates"][DOM_OP]["acc"] < base
+    assert set(d["candidates"]) == {DOM_OP}  # the removed ops are not candidates
     assert d["chosen"] == DOM_OP and sel.genotype.ops[DOM_EDGE] == DOM_OP
+
+
+def test_pt_and_ostr_never_keep_a_removed_op():
+    """An op masked before selection (crb pruning, remove_op) is out of the supernet: PT does not score
+    it and neither PT nor OStr can keep it, even when removing anything else would hurt less."""
+    run = trained(tiny_config())
+    arch = run.model.arch
+    names = run.space.cells["cell"].ops[0]
+    for k, n in enumerate(names):
+        if n not in ("skip_connect", "avg_pool_3x3"):
+            arch.remove_op("cell", 0, k)
+    live = {"skip_connect", "avg_pool_3x3"}
+    chosen, info = pt_mod.PtDecider(run, {**pt_mod.DEFAULTS, "max_batches": 1}).op("cell", 0)
+    assert set(info["candidates"]) == live and names[chosen] in live
+    decider = ostr_mod.OstrDecider(reference_model(run), scoring_loader(run, None), {**ostr_mod.DEFAULTS, "batches": 1})
+    decider.model.arch.load_state_dict(arch.state_dict())
+    chosen, _ = decider.op("cell", 0)
+    assert names[chosen] in live
 
 
 def test_ostr_picks_dominant_op(dominated):
@@ -252,6 +268,17 @@ def test_pt_alpha_steps_follow_the_search_mode(mode):
     changed = not torch.equal(before, run.model.arch.alphas["cell"])
     assert changed == (mode == "darts1")
     assert sel.cost["tune_arch_steps"] == (0 if mode == "fixed" else sel.cost["tune_w_steps"])
+
+
+def test_options_that_would_be_ignored_are_refused():
+    run = build_run(tiny_config())
+    with pytest.raises(DnasError, match=r"option\(s\) proj_intv, seed only apply with progressive=true"):
+        select("ostr", run, proj_intv=3, seed=7)
+    with pytest.raises(DnasError, match="include_none only applies to NB201"):
+        select("ostr", build_run(tiny_config(space="darts")), include_none=True)
+    for key in ("rounds", "channels", "cells"):
+        with pytest.raises(DnasError, match=f"option {key} must be a positive integer"):
+            select("zeros", None, space="nb201", **{key: 0})
 
 
 def test_pt_needs_a_run_and_checks_options():

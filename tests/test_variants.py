@@ -19,11 +19,15 @@ from dnas.spaces.darts import NODE_EDGES
 from dnas.supernet import ArchState
 
 
-def tiny(out=None, **kw) -> SearchConfig:
+def tiny_fields(out=None, **kw) -> dict:
     base = dict(space="nb201", dataset="synthetic", out=str(out) if out else None, epochs=2, batch_size=16,
                 subset=64, channels=4, cells=1, device="cpu", seed=3)
     base.update(kw)
-    return SearchConfig(**base)
+    return base
+
+
+def tiny(out=None, **kw) -> SearchConfig:
+    return SearchConfig(**tiny_fields(out, **kw))
 
 
 def fake_searcher(arch, **kw):
@@ -152,6 +156,12 @@ def test_crb_prune_removes_nonpositive_ops_for_good():
         arch.alphas["cell"][0, 2] = 0.5  # momentum brings it back up: still removed, and pinned to 0
     assert prune_nonpositive(arch) == 0
     assert arch.weights("cell")[0, 2] == 0 and arch.alphas["cell"][0, 2] == 0
+    # A decided edge keeps its op whatever its α does (weight decay alone drives it down during tuning).
+    arch.fix_edge("cell", 1, 3)
+    with torch.no_grad():
+        arch.alphas["cell"][1, 3] = -0.5
+    assert prune_nonpositive(arch) == 0
+    assert arch.mask("cell")[1, 3] == 1 and arch.weights("cell")[1, 3] == 1
 
 
 # -- SDARTS-RS --------------------------------------------------------------------------------------------
@@ -306,7 +316,14 @@ def _final(out):
                                                 "schedfreq": 2}}),
 ])
 def test_every_variant_resumes_bit_for_bit(tmp_path, monkeypatch, mode, kw):
+    from dnas.search.modes import make_config
+
     full, cut = tmp_path / "full", tmp_path / "cut"
+    kw = {"lr_per_step": True, **kw}  # SPOS's schedule, so a mid-run restart must land on the same step's lr
+
+    def tiny(out, mode, **kw):
+        return make_config(mode, **tiny_fields(out, **kw))
+
     run_search(tiny(full, mode=mode, **kw), quiet=True)
     real = Searcher.train_epoch
 
@@ -381,3 +398,41 @@ def test_options_a_mode_never_reads_are_refused():
         make_config("darts1", options={"crb_prune": False})  # only the crb activation prunes
     assert make_config("darts1", activation="crb", options={"crb_prune": False}).options == {"crb_prune": False}
     assert make_config("darts2", options={"fd_r": 0.02}).options == {"fd_r": 0.02}
+
+
+def test_mode_defaults_need_make_config_and_depend_on_the_space(tmp_path):
+    """SPOS's paper settings differ per space; a bare SearchConfig(mode="spos") would silently train with
+    the DARTS optimiser, so run_search refuses it. Modes without defaults get their checks and derived
+    settings (PRIME's 10/11 split) in run_search too."""
+    from dnas.search.modes import make_config
+
+    nb, darts = make_config("spos"), make_config("spos", space="darts")
+    assert (nb.batch_size, nb.w_lr, nb.w_lr_min, nb.w_nesterov, nb.w_wd, nb.lr_per_step) == (256, 0.1, 0.0, True, 5e-4, True)
+    assert (darts.batch_size, darts.w_lr, darts.w_lr_min, darts.w_nesterov, darts.w_wd) == (128, 0.025, 0.0, False, 3e-4)
+    assert make_config("spos", space="s2", w_lr=0.05).w_lr == 0.05  # the user's setting wins
+    with pytest.raises(DnasError, match=r"make_config\('spos'"):
+        run_search(tiny(tmp_path / "bare", mode="spos"), quiet=True)
+    assert not (tmp_path / "bare").exists()
+    cfg = tiny(tmp_path / "prime", mode="prime", epochs=1)
+    run_search(cfg, quiet=True)
+    assert cfg.train_portion == pytest.approx(10 / 11)
+    with pytest.raises(DnasError, match="threshold: must be > 0"):
+        run_search(tiny(tmp_path / "p0", mode="prime", options={"threshold": 0}), quiet=True)
+
+
+def test_per_step_cosine_follows_the_mini_batches(monkeypatch):
+    """lr_per_step anneals after every mini-batch over epochs x batches steps (SPOS's scheduler)."""
+    from dnas.search.trainer import cosine_lr
+
+    cfg = tiny(mode="fixed", lr_per_step=True, w_lr=0.1, w_lr_min=0.0)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    seen = []
+    real = Searcher.w_step
+    monkeypatch.setattr(Searcher, "w_step", lambda self, x, y: (seen.append(self.w_opt.param_groups[0]["lr"]),
+                                                                 real(self, x, y))[1])
+    n = len(run.train)
+    for epoch in range(cfg.epochs):
+        s.train_epoch(epoch)
+    assert seen == pytest.approx([cosine_lr(t, cfg.epochs * n, 0.1, 0.0) for t in range(cfg.epochs * n)])
+    assert n > 1 and seen[1] < seen[0]

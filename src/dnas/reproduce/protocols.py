@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import DnasError
-from ..search import SearchConfig, get_mode
+from ..search import SearchConfig, make_config
 
 
 @dataclass(frozen=True)
@@ -101,17 +101,10 @@ class Protocol:
     def search_config(self, mode: str, seed: int, *, data_dir: str | None = None,
                       device: str | None = None) -> SearchConfig:
         """The search settings of one supernet: the mode's defaults, then the protocol's settings."""
-        m = get_mode(mode)
-        cfg = SearchConfig(space=self.space, dataset=self.dataset, data_dir=data_dir, mode=mode, seed=seed,
-                           device=device or self.device)
-        for k, v in m.defaults.items():
-            setattr(cfg, k, v)
-        for k in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "train_portion", "impl"):
-            setattr(cfg, k, getattr(self, k))
-        for k, v in self.search.items():
-            setattr(cfg, k, v)
-        if m.configure is not None:
-            m.configure(cfg)
+        fields = {k: getattr(self, k) for k in ("space", "dataset", "epochs", "batch_size", "channels", "cells",
+                                                "subset", "resolution", "train_portion", "impl")}
+        cfg = make_config(mode, **{**fields, "data_dir": data_dir, "seed": seed, "device": device or self.device,
+                                   **self.search})
         cfg.check()
         return cfg
 

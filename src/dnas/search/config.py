@@ -30,6 +30,7 @@ class SearchConfig:
     # w optimiser (SGD, cosine per epoch to w_lr_min)
     w_lr: float = 0.025
     w_lr_min: float = 0.001
+    lr_per_step: bool = False          # anneal after every mini-batch instead (SPOS's code)
     w_momentum: float = 0.9
     w_nesterov: bool = False
     w_wd: float = 3e-4

@@ -20,9 +20,16 @@ class Mode:
     build: Callable[[SearchConfig], Recipe]
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)  # config fields the mode changes unless the user set them
+    family_defaults: dict[str, dict[str, Any]] = field(default_factory=dict)  # per space family, over ``defaults``
     trains_alpha: bool = True
     # adjusts config fields from config.options once the CLI has applied defaults and options (e.g. a split)
     configure: Callable[[SearchConfig], None] | None = None
+
+
+    def defaults_for(self, space: str) -> dict[str, Any]:
+        """The paper defaults of this mode on ``space`` (some papers tune per space)."""
+        from ..spaces import get_space
+        return {**self.defaults, **self.family_defaults.get(get_space(space).family, {})}
 
 
 MODES: dict[str, Mode] = {}
@@ -80,14 +87,31 @@ def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
     and derived settings (e.g. DARTS-PRIME's dynamic split). The library's way to get what the CLI gets."""
     m = get_mode(mode)
     config = SearchConfig(mode=mode)
-    for k, v in {**m.defaults, **fields}.items():
+    for k in fields:
         if not hasattr(config, k):
             raise DnasError(f"unknown search setting {k!r}")
+    for k, v in {**m.defaults_for(fields.get("space", config.space)), **fields}.items():
         setattr(config, k, v)
     check_unused_options(m, config)
     if m.configure is not None:
         m.configure(config)
+    config._mode_applied = mode  # run_search checks it (a plain SearchConfig(mode=...) misses the defaults)
     return config
+
+
+def check_mode_applied(config: SearchConfig) -> None:
+    """Refuse a config for a mode with paper defaults that did not come from ``make_config``; for the
+    other modes, run the mode's own checks and derived settings here instead."""
+    if getattr(config, "_mode_applied", None) == config.mode:
+        return
+    m = get_mode(config.mode)
+    own = m.defaults_for(config.space)
+    if own:
+        raise DnasError(f"mode {config.mode!r} has its own paper defaults ({', '.join(sorted(own))}): build its "
+                        f"settings with dnas.search.make_config({config.mode!r}, ...), as the CLI does")
+    check_unused_options(m, config)
+    if m.configure is not None:
+        m.configure(config)
 
 
 def _with_activation(recipe_fn: Callable[[SearchConfig], Recipe]) -> Callable[[SearchConfig], Recipe]:
@@ -101,8 +125,12 @@ def _with_activation(recipe_fn: Callable[[SearchConfig], Recipe]) -> Callable[[S
 
 register_mode(Mode("darts1", _with_activation(lambda c: Recipe(FirstOrder(), EveryStep())),
                    "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
-register_mode(Mode("darts2", _with_activation(lambda c: Recipe(SecondOrder(float(c.options.get("fd_r", 0.01))),
-                                                               EveryStep())),
+def _second_order(c: SearchConfig) -> Recipe:
+    from .variants import opt_float
+    return Recipe(SecondOrder(opt_float(c.options, "fd_r", 0.01, positive=True)), EveryStep())
+
+
+register_mode(Mode("darts2", _with_activation(_second_order),
                    "DARTS second order (unrolled w, finite-difference Hessian-vector product; option fd_r=0.01)"))
 register_mode(Mode("fixed", lambda c: Recipe(NoArchUpdate(), Never()),
                    "α frozen at its 1e-3·N(0,1) init (DARTS-PT's 'fix α' / blank supernet)", trains_alpha=False))

@@ -84,7 +84,9 @@ class SecondOrder(ArchUpdate):
 
         # virtual step w -> w'
         loss_tr = s.w_loss(*train_batch)
-        g_tr = torch.autograd.grad(loss_tr, params)
+        # Ops whose mixing weight is exactly 0 (masked, pruned, on a fixed edge) are never computed.
+        g_tr = torch.autograd.grad(loss_tr, params, allow_unused=True)
+        g_tr = [torch.zeros_like(p) if g is None else g for p, g in zip(params, g_tr)]
         with torch.no_grad():
             for p, g in zip(params, g_tr):
                 d = g + cfg.w_wd * p

@@ -166,7 +166,7 @@ def build_prime(config: SearchConfig) -> Recipe:
     if not dynamic:
         freq = float(opt_int(o, "schedfreq", 10))  # an α step every k w steps needs a whole k
     schedule = PrimeSchedule(freq, dynamic, ewma=opt_float(o, "ewma", 0.2, lo=0.0, hi=1.0),
-                             threshold=opt_float(o, "threshold", 1.0, lo=0.0))
+                             threshold=opt_float(o, "threshold", 1.0, positive=True))
     reg = opt_choice(o, "reg", "prox", REGS)
     rho = opt_float(o, "rho", 0.1, lo=0.0)
     regs: list[Regulariser] = []

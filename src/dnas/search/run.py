@@ -20,7 +20,7 @@ from ..spaces import Space, get_space
 from ..supernet import build_supernet
 from ..tensorboard import tb_log
 from .config import SearchConfig
-from .modes import get_mode
+from .modes import check_mode_applied, get_mode
 from .trainer import Searcher
 
 # Called after a selection is written, e.g. to add NAS-Bench-201 ground truth (set by dnas.bench when present).
@@ -96,7 +96,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         raise DnasError("an output run directory is required (--out RUN)")
     config.check()
     get_space(config.space)
-    get_mode(config.mode)
+    check_mode_applied(config)
     out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
     try:
         run = build_run(config)

@@ -35,9 +35,9 @@ class Recipe:
         return out
 
 
-def cosine_lr(epoch: int, epochs: int, lr: float, lr_min: float) -> float:
-    """CosineAnnealingLR stepped once per epoch, as the DARTS code does."""
-    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+def cosine_lr(t: int, total: int, lr: float, lr_min: float) -> float:
+    """CosineAnnealingLR after ``t`` of ``total`` steps: epochs (the DARTS code) or mini-batches (SPOS's)."""
+    return lr_min + (lr - lr_min) * (1 + math.cos(math.pi * t / total)) / 2
 
 
 class Searcher:
@@ -111,12 +111,11 @@ class Searcher:
     def train_epoch(self, epoch: int, lr: float | None = None, desc: str = "search") -> dict[str, float]:
         """One pass over the w-train split; returns the epoch's metrics."""
         cfg = self.config
-        self.current_lr = cosine_lr(epoch, self.total_epochs, cfg.w_lr, cfg.w_lr_min) if lr is None else lr
-        for g in self.w_opt.param_groups:
-            g["lr"] = self.current_lr
+        self._set_lr(cosine_lr(epoch, self.total_epochs, cfg.w_lr, cfg.w_lr_min) if lr is None else lr)
         self.model.train()
         valid = self._valid_stream(epoch)
         n = len(self.train_loader)
+        per_step = lr is None and cfg.lr_per_step
         loss_sum = correct = seen = 0.0
         arch_loss_sum, arch_count = 0.0, 0
         t0 = time.time()
@@ -124,6 +123,8 @@ class Searcher:
                    disable=self.quiet, leave=False)
         for i, (x, y) in enumerate(bar):
             self.progress = (epoch + i / n) / self.total_epochs
+            if per_step:
+                self._set_lr(cosine_lr(epoch * n + i, self.total_epochs * n, cfg.w_lr, cfg.w_lr_min))
             if self.recipe.schedule.should_step(self):
                 vx, vy = next(valid)
                 arch_loss_sum += self.arch_step((x, y), (vx, vy))
@@ -139,6 +140,11 @@ class Searcher:
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "arch_loss": arch_loss_sum / arch_count if arch_count else None, "arch_steps_epoch": arch_count,
                 "arch_steps": self.arch_steps, "lr": self.current_lr, "seconds": time.time() - t0}
+
+    def _set_lr(self, lr: float) -> None:
+        self.current_lr = lr
+        for g in self.w_opt.param_groups:
+            g["lr"] = lr
 
     @torch.no_grad()
     def evaluate(self, loader: BatchLoader, epoch: int = 0, train_mode: bool = False) -> dict[str, float]:

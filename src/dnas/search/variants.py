@@ -43,10 +43,12 @@ if TYPE_CHECKING:
 
 # -- option parsing ------------------------------------------------------------------------------------
 def opt_float(options: Mapping[str, Any], key: str, default: float, *, lo: float | None = None,
-              hi: float | None = None) -> float:
+              hi: float | None = None, positive: bool = False) -> float:
     v = options.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise DnasError(f"--option {key}: expected a number, got {v!r}")
+    if positive and not v > 0:
+        raise DnasError(f"--option {key}: must be > 0, got {v!r}")
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise DnasError(f"--option {key}: must lie in [{lo if lo is not None else '-inf'}, "
                         f"{hi if hi is not None else 'inf'}], got {v!r}")
@@ -100,11 +102,13 @@ class CrbPrune(Regulariser):
 
 @torch.no_grad()
 def prune_nonpositive(arch: ArchState) -> int:
-    """Mask every live op with α <= 0 and zero α on masked ops; returns how many ops were removed."""
+    """Mask every live op with α <= 0 on undecided edges and zero α on masked ops; returns how many ops
+    were removed. A fixed edge (a selector's decision) keeps its op: its α gets no loss gradient any more
+    and Adam's weight decay alone would walk it below 0 while fine-tuning goes on."""
     removed = 0
     for ct in arch.cell_types:
         alpha, mask = arch.alphas[ct], arch.mask(ct)
-        dead = (alpha <= 0) & (mask > 0)
+        dead = (alpha <= 0) & (mask > 0) & (arch.fixed(ct) < 0).unsqueeze(1)
         removed += int(dead.sum())
         mask[dead] = 0.0
         alpha.mul_(mask)
@@ -272,8 +276,11 @@ def build_spos(config: SearchConfig) -> Recipe:
 
 
 # -- registration -----------------------------------------------------------------------------------------
+# The weight-sharing analysis paper's configs (configs/nb201.py, configs/darts.py); its trainer steps the
+# cosine schedule after every mini-batch.
 SPOS_DEFAULTS = {"batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "w_momentum": 0.9, "w_nesterov": True,
-                 "w_wd": 5e-4, "grad_clip": 5.0, "train_portion": 0.5}
+                 "w_wd": 5e-4, "grad_clip": 5.0, "train_portion": 0.5, "lr_per_step": True}
+SPOS_DARTS_DEFAULTS = {"batch_size": 128, "w_lr": 0.025, "w_nesterov": False, "w_wd": 3e-4}
 
 def check_options(config: SearchConfig) -> None:
     """Mode ``configure`` hook: build the recipe once so a bad option fails before a run directory exists."""
@@ -286,6 +293,7 @@ register_mode(Mode("sdarts-rs", build_sdarts,
 register_mode(Mode("spos", build_spos,
                    "SPOS uniform single-path supernet (weight-sharing analysis paper): one uniformly drawn "
                    "architecture per mini-batch, no α steps (option spos_archs=FILE restricts the draw)",
-                   defaults=dict(SPOS_DEFAULTS), trains_alpha=False, configure=check_options))
+                   defaults=dict(SPOS_DEFAULTS), family_defaults={"darts": dict(SPOS_DARTS_DEFAULTS)},
+                   trains_alpha=False, configure=check_options))
 
 from . import prime  # noqa: E402,F401  (registers --mode prime)

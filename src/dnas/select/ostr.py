@@ -128,6 +128,8 @@ class OstrDecider:
         names = self.model.arch.space.cells[ct].ops[edge]
         none_ok = self.opts["include_none"] and self.model.arch.space.family == "nb201"  # DARTS: never
         cand = [k for k, n in enumerate(names) if n != "none" or none_ok]
+        mask = self.model.arch.mask(ct)[edge]
+        cand = [k for k in cand if float(mask[k]) > 0] or cand  # removed ops cannot be kept
         best = max(cand, key=lambda k: (float(s[edge, k]), -k))  # ties: lower index
         return best, {"candidates": {n: {"ostr": float(s[edge, k])} for k, n in enumerate(names)}}
 
@@ -168,6 +170,12 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     if run is None:
         raise DnasError("ostr needs a trained supernet (a search run directory)")
     opts = method_options(ctx, DEFAULTS, CHOICES)
+    if not opts["progressive"]:
+        ignored = sorted(k for k in ctx.options if k in SCHEDULE_DEFAULTS)
+        if ignored:
+            raise DnasError(f"ostr: option(s) {', '.join(ignored)} only apply with progressive=true")
+    if opts["include_none"] and run is not None and run.space.family != "nb201":
+        raise DnasError("ostr: include_none only applies to NB201 (DARTS genotypes never keep none)")
     positive_int("ostr", "batches", opts["batches"], allow_none=True)
     positive_int("ostr", "eval_batch_size", opts["eval_batch_size"], allow_none=True)
     model = reference_model(run)

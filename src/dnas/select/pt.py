@@ -78,12 +78,14 @@ class PtDecider:
 
     def op(self, ct: str, edge: int) -> tuple[int, dict[str, Any]]:
         names = self.run.space.cells[ct].ops[edge]
-        results = [self._eval(ct, (edge, o)) for o in range(len(names))]
-        best = 0
-        for o in range(1, len(results)):  # strict: ties keep the lower index, as darts-pt
+        # Ops already removed from the supernet (masked: crb pruning, an earlier remove_op) cannot be kept.
+        live = [o for o in range(len(names)) if float(self.arch.mask(ct)[edge, o]) > 0] or list(range(len(names)))
+        results = {o: self._eval(ct, (edge, o)) for o in live}
+        best = live[0]
+        for o in live[1:]:  # strict: ties keep the lower index, as darts-pt
             if self._key(results[o]) > self._key(results[best]):
                 best = o
-        return best, {"candidates": {n: r.to_json() for n, r in zip(names, results)}}
+        return best, {"candidates": {names[o]: r.to_json() for o, r in results.items()}}
 
     def topology(self, ct: str, node: int, edges: list[int]) -> tuple[list[int], dict[str, Any]]:
         remaining, removed, rounds = list(edges), [], []
@@ -100,15 +102,17 @@ class PtDecider:
 
 
 def score_table(run: "SearchRun", decisions: list[dict[str, Any]], criterion: str) -> dict[str, list[list[float]]]:
-    """Per (edge, op): 1 - accuracy (or the loss) with the op removed, from the op decisions; NaN elsewhere."""
+    """Per (edge, op): 1 - accuracy (or the loss) with the op removed, from the op decisions; NaN elsewhere
+    (ops removed before the decision were not scored)."""
     scores = {ct: [[math.nan] * spec.num_ops for _ in range(spec.num_edges)] for ct, spec in run.space.cells.items()}
     for d in decisions:
         if d["kind"] != "op":
             continue
         names = run.space.cells[d["cell_type"]].ops[d["edge"]]
         for k, n in enumerate(names):
-            c = d["candidates"][n]
-            scores[d["cell_type"]][d["edge"]][k] = 1.0 - c["acc"] if criterion == "acc" else c["loss"]
+            c = d["candidates"].get(n)
+            if c is not None:
+                scores[d["cell_type"]][d["edge"]][k] = 1.0 - c["acc"] if criterion == "acc" else c["loss"]
     return scores
 
 

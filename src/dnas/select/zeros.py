@@ -158,7 +158,8 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
             raise DnasError("zeros without a run directory needs --space")
         space = get_space(opts["space"])
         fam = SIZES[space.family]
-        sizes = {"channels": opts["channels"] or fam["channels"], "cells": opts["cells"] or fam["cells"],
+        sizes = {"channels": fam["channels"] if opts["channels"] is None else opts["channels"],
+                 "cells": fam["cells"] if opts["cells"] is None else opts["cells"],
                  "num_classes": opts["num_classes"], "in_channels": opts["in_channels"]}
         for k in sizes:
             positive_int("zeros", k, sizes[k])
@@ -167,7 +168,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
         device = resolve_device(opts["device"])
         seed = 0 if opts["seed"] is None else int(opts["seed"])
     num_ops = next(iter(space.cells.values())).num_ops
-    rounds = positive_int("zeros", "rounds", opts["rounds"] or max(1, num_ops - 1))
+    rounds = positive_int("zeros", "rounds", max(1, num_ops - 1) if opts["rounds"] is None else opts["rounds"])
     if rounds > max(1, num_ops - 1):
         raise DnasError(f"zeros: rounds must be at most {num_ops - 1} ({num_ops} ops per edge), got {rounds}")
     abs_alpha = (space.family == "nb201") if opts["abs_alpha"] is None else bool(opts["abs_alpha"])
