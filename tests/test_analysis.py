@@ -42,8 +42,18 @@ def test_rank_metrics_edge_cases():
     assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
     assert math.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
     assert math.isnan(spearman_rho([5], [5]))
+    assert math.isnan(spearman_rho([1, math.nan, 0.5, 2], [0.9, 0.5, 0.8, 0.3]))  # as scipy: NaN propagates
+    assert math.isnan(kendall_tau([1, math.nan, 0.5, 2], [0.9, 0.5, 0.8, 0.3]))
+    assert kendall_tau(range(50), range(50), chunk=7) == kendall_tau(range(50), range(50)) == 1.0
     with pytest.raises(DnasError):
         kendall_tau([1, 2], [1, 2, 3])
+
+
+def test_truth_table_refuses_non_finite_accuracies(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("arch,acc\n|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|skip_connect~1|skip_connect~2|,nan\n")
+    with pytest.raises(DnasError, match=r"t.csv:2: 'acc' is not a number: 'nan'"):
+        load_truth(p, NB201)
 
 
 def test_top_k_and_percentile_by_hand():

@@ -166,6 +166,26 @@ def test_scheduler_order_locks_and_failures(tmp_path):
     assert pool2.started == ["darts1-s1", "darts1-s1-pt", "darts1-s1-ostr"] and not res2.failed
 
 
+def test_a_mode_with_its_own_defaults_runs_in_a_grid(tmp_path, table):
+    """Search jobs round-trip their config through job.json; a mode with paper defaults (spos) must not be
+    refused by run_search's make_config check, and keeps the settings it was planned with."""
+    import dataclasses
+
+    proto = dataclasses.replace(get_protocol("smoke"), name="smoke-spos", modes=("spos",), selections={},
+                                zeros=False, seeds=(0,))
+    outcome = reproduce(proto, tmp_path / "out", workers=1, quiet=True, table=table, say=lambda _: None).outcome
+    assert not outcome.failed and not outcome.blocked, outcome
+    saved = json.loads((tmp_path / "out" / "jobs" / "spos-s0" / "run" / "config.json").read_text())
+    assert saved["mode"] == "spos" and saved["lr_per_step"] is True and saved["w_nesterov"] is True
+
+
+def test_report_marks_values_missing_for_some_seeds():
+    from dnas.reproduce.report import _fmt
+
+    assert _fmt({"n": 2, "mean": 91.0, "std": 2 ** 0.5}, of=3) == "91.00 ± 1.41 (2 of 3)"
+    assert _fmt({"n": 3, "mean": 91.0, "std": 1.0}, of=3) == "91.00 ± 1.00"
+
+
 def test_grid_of_each_protocol():
     cpu = get_protocol("nb201-cpu")
     jobs = plan(cpu, list(cpu.seeds))

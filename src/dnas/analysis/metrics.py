@@ -22,16 +22,17 @@ def _pair(x: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def kendall_tau(x: ArrayLike, y: ArrayLike, chunk: int = 1024) -> float:
+def kendall_tau(x: ArrayLike, y: ArrayLike, chunk: int | None = None) -> float:
     """Kendall's τ-b: Σ sign(Δx)·sign(Δy) / sqrt(#pairs untied in x · #pairs untied in y).
 
-    O(n²) pair comparisons in row chunks, so 15,625 architectures stay within a few MB of memory.
-    NaN when fewer than two values or either side is constant.
+    O(n²) pair comparisons in chunks of rows (default: about 2²⁰ pairs per chunk, so 15,625
+    architectures need a few tens of MB). NaN when fewer than two values or either side is constant.
     """
     a, b = _pair(x, y)
     n = a.size
     if n < 2:
         return math.nan
+    chunk = max(1, (1 << 20) // n) if chunk is None else chunk
     concord = untied_x = untied_y = 0.0
     for s in range(0, n, chunk):
         sx = np.sign(a[s:s + chunk, None] - a[None, :])
@@ -60,9 +61,10 @@ def average_ranks(x: ArrayLike) -> np.ndarray:
 
 
 def spearman_rho(x: ArrayLike, y: ArrayLike) -> float:
-    """Spearman's ρ: Pearson correlation of average ranks; NaN for constant inputs or n < 2."""
+    """Spearman's ρ: Pearson correlation of average ranks; NaN for constant inputs, n < 2 or any NaN
+    (as scipy.stats.spearmanr, whose default propagates it)."""
     a, b = _pair(x, y)
-    if a.size < 2:
+    if a.size < 2 or np.isnan(a).any() or np.isnan(b).any():
         return math.nan
     ra, rb = average_ranks(a), average_ranks(b)
     ra, rb = ra - ra.mean(), rb - rb.mean()

@@ -8,6 +8,7 @@ node) find the same row.
 from __future__ import annotations
 
 import csv
+import math
 import gzip
 import io
 import os
@@ -120,6 +121,8 @@ def load_truth(path: str | Path | None, space: Space, arch_column: str | None = 
             try:
                 genotypes.append(space.parse(row[arch_c]))
                 acc.append(float(row[acc_c]))
+                if not math.isfinite(acc[-1]):
+                    raise ValueError(row[acc_c])
                 if with_iso:
                     iso.append(int(row["iso_class"]))
                     idx.append(int(row["arch_index"]))

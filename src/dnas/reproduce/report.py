@@ -135,12 +135,12 @@ def collect(out: str | Path, protocol: Protocol, seeds: list[int], jobs: list[Jo
 
 # -- rendering ------------------------------------------------------------------------------------------
 
-def _fmt(s: dict[str, Any], digits: int = 2) -> str:
+def _fmt(s: dict[str, Any], digits: int = 2, of: int | None = None) -> str:
+    """mean ± std; "(k of n)" when only k of the row's n finished seeds have this value (no ground truth)."""
     if not s["n"]:
         return "–"
-    if s["std"] is None:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    text = f"{s['mean']:.{digits}f}" if s["std"] is None else f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+    return text if of is None or s["n"] == of else f"{text} ({s['n']} of {of})"
 
 
 def _paper(v: float | None) -> str:
@@ -171,9 +171,10 @@ def render_markdown(rep: dict[str, Any], rationale: str = "") -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         pp = r["paper"]
-        lines.append(f"| {r['label']} | {r['n']} | {_fmt(r['cifar10'])} | {_paper(pp['cifar10'])} | "
-                     f"{_fmt(r['cifar100'])} | {_paper(pp['cifar100'])} | {_fmt(r['imagenet16'])} | "
-                     f"{_paper(pp['imagenet16'])} | {_fmt(r['percentile'], 1)} | {_secs(r['search_seconds'])} | "
+        n = r["n"]
+        lines.append(f"| {r['label']} | {n} | {_fmt(r['cifar10'], of=n)} | {_paper(pp['cifar10'])} | "
+                     f"{_fmt(r['cifar100'], of=n)} | {_paper(pp['cifar100'])} | {_fmt(r['imagenet16'], of=n)} | "
+                     f"{_paper(pp['imagenet16'])} | {_fmt(r['percentile'], 1, of=n)} | {_secs(r['search_seconds'])} | "
                      f"{_secs(r['select_seconds'])} | {', '.join(r['devices']) or '–'} |")
     lines += ["", f"![accuracy per method, seeds as points]({FIGURE})", "", "## Selected architectures", "",
               "| method | seed | genotype | C10 | C100 | IN16 |", "|---|---|---|---|---|---|"]

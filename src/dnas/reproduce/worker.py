@@ -36,7 +36,10 @@ def run_job(job_dir: Path, spec: dict[str, Any]) -> Any:
     kind = spec["kind"]
     if kind == "search":
         from ..search import SearchConfig, run_search
-        cfg = SearchConfig.from_json(spec["config"])
+        from ..search.modes import make_config
+        fields = {k: v for k, v in SearchConfig.from_json(spec["config"]).to_json().items() if k != "mode"}
+        fields["arch_betas"] = tuple(fields["arch_betas"])
+        cfg = make_config(spec["config"].get("mode", "darts1"), **fields)  # planned by make_config; as saved
         run = job_dir / RUN
         cfg.out = str(run)
         resume = (run / "config.json").exists()
