@@ -19,6 +19,13 @@ from dnas.evaluate.train import train_one_epoch
 
 GLOBAL_BATCH = 16
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+# S4: cell input 0 is read only by a noise edge, whose output ignores its input, so that input's
+# preprocessing gets no gradient (DDP must be told to look for unused parameters).
+S4_NOISE = ("Genotype(normal=[('noise', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), "
+            "('sep_conv_3x3', 2), ('sep_conv_3x3', 3), ('sep_conv_3x3', 3), ('sep_conv_3x3', 4)], "
+            "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), "
+            "('sep_conv_3x3', 2), ('sep_conv_3x3', 2), ('sep_conv_3x3', 3), ('sep_conv_3x3', 3), "
+            "('sep_conv_3x3', 4)], reduce_concat=[2, 3, 4, 5])")
 
 
 def _tiny_net() -> nn.Module:
@@ -56,6 +63,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                           subset=32, test_subset=30, quiet=True, device="cpu")
         result = train_network(cfg, Path(out) / "run", ctx=ctx)
         (Path(out) / f"result_rank{rank}.json").write_text(json.dumps(result))
+        s4 = make_config("s4", S4_NOISE, "synthetic", epochs=1, channels=4, layers=3, batch_size=GLOBAL_BATCH,
+                         subset=32, test_subset=20, resolution=16, drop_path=0.0, quiet=True, device="cpu")
+        train_network(s4, Path(out) / "s4", ctx=ctx)  # two steps per rank: fails if DDP expects every gradient
     finally:
         shutdown_distributed(ctx)
 
@@ -82,6 +92,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert json.loads((run / "result.json").read_text())["test_acc"] == results[0]["test_acc"]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert len(torch.load(run / "checkpoint.pt", weights_only=False)["rank_rng"]) == 2
+    assert json.loads((tmp_path / "s4" / "result.json").read_text())["world_size"] == 2
 
 
 def test_single_process_without_torchrun(monkeypatch):

@@ -8,10 +8,12 @@ import pytest
 import torch
 
 from dnas.cli import main
+from dnas.data import BatchLoader, load_dataset
+from dnas.data.loader import cut_holes
 from dnas.errors import DnasError
 from dnas.evaluate import DartsNetwork, genotype_from_run, make_config, preset, train_network
 from dnas.evaluate.darts_net import DartsEvalCell, auxiliary_fits
-from dnas.evaluate.train import apply_cutout, lr_at
+from dnas.evaluate.train import lr_at
 from dnas.io import atomic_write_json, read_jsonl
 from dnas.spaces import DartsGenotype
 from dnas.spaces.ops import FactorizedReduce
@@ -78,11 +80,17 @@ def test_drop_path_only_in_training_and_never_on_identity():
 
 def test_cutout_and_lr_schedule():
     x = torch.ones(3, 2, 10, 10)
-    g = torch.Generator().manual_seed(0)
-    y = apply_cutout(x, 4, g)
+    y = cut_holes(x, 4, torch.tensor([0, 5, 9]), torch.tensor([0, 5, 2]))
     zeros = (y == 0).all(dim=1).sum(dim=(1, 2))
-    assert ((zeros >= 4) & (zeros <= 16)).all()  # a 4x4 square, clipped at the border
-    assert torch.equal(y, apply_cutout(x, 4, torch.Generator().manual_seed(0)))
+    assert zeros.tolist() == [4, 16, 12]  # a 4x4 square [c-2, c+2), clipped at the border (2x2, 4x4, 3x4)
+    assert (y[1, :, 3:7, 3:7] == 0).all() and y[1].sum() == 2 * (100 - 16)
+    # Cutout is drawn with the epoch's plan: the same hole for a sample whichever rank serves it.
+    data = load_dataset("synthetic", "train", subset=16, seed=0)
+    one = next(iter(BatchLoader(data, None, 16, augment=True, cutout=4, seed=1).epoch(0)))[0]
+    halves = [next(iter(BatchLoader(data, None, 8, augment=True, cutout=4, seed=1, rank=r, world_size=2).epoch(0)))[0]
+              for r in (0, 1)]
+    assert torch.equal(one[0::2], halves[0]) and torch.equal(one[1::2], halves[1])
+    assert (one == 0).all(dim=1).any()
     cfg = make_config("nb201", NB201_ARCH, epochs=4, lr=0.1)
     assert [round(lr_at(cfg, e), 6) for e in range(4)] == [0.1, 0.085355, 0.05, 0.014645]
 

@@ -34,6 +34,7 @@ class BatchLoader:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        cutout: int = 0,
     ) -> None:
         n_all = len(dataset)
         if indices is None:
@@ -46,6 +47,8 @@ class BatchLoader:
             raise DnasError(f"{dataset.name}: loader has no samples")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise DnasError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not isinstance(cutout, int) or cutout < 0:
+            raise DnasError(f"cutout must be a non-negative integer, got {cutout!r}")
         if world_size < 1 or not (0 <= rank < world_size):
             raise DnasError(f"rank {rank} is not in 0..{world_size - 1} (world_size={world_size})")
         self.dataset = dataset
@@ -60,6 +63,7 @@ class BatchLoader:
         self.world_size = world_size
         self.device = torch.device(device)
         self.channels_last = channels_last
+        self.cutout = cutout if augment else 0
         # Like DistributedSampler: pad the epoch so every rank gets the same number of samples.
         self.per_rank = -(-idx.numel() // world_size)
         self.total = self.per_rank * world_size
@@ -79,8 +83,8 @@ class BatchLoader:
             return self.per_rank // self.batch_size
         return -(-self.per_rank // self.batch_size)
 
-    def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """This rank's sample indices and per-sample crop offsets / flips for `epoch` (CPU tensors)."""
+    def _plan(self, epoch: int) -> tuple[torch.Tensor | None, ...]:
+        """This rank's sample indices, per-sample crop offsets, flips and cutout centres for `epoch` (CPU)."""
         g = generator(self.seed, self.stream, epoch)
         n = self.indices.numel()
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
@@ -96,13 +100,13 @@ class BatchLoader:
                 ox = torch.randint(0, 2 * ds.pad + 1, (self.total,), generator=g)
             if ds.flip:
                 flips = torch.rand(self.total, generator=g) < 0.5
+        cy = cx = None
+        if self.cutout:
+            h, w = self._images.shape[-2:]
+            cy = torch.randint(0, h, (self.total,), generator=g)
+            cx = torch.randint(0, w, (self.total,), generator=g)
         sl = slice(self.rank, self.total, self.world_size)
-        return (
-            self.indices[order[sl]],
-            None if oy is None else oy[sl],
-            None if ox is None else ox[sl],
-            None if flips is None else flips[sl],
-        )
+        return (self.indices[order[sl]], *(None if t is None else t[sl] for t in (oy, ox, flips, cy, cx)))
 
     def _augment(self, x: torch.Tensor, oy: torch.Tensor | None, ox: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
         """Zero-pad, crop each sample at its own offset and flip it, as two gathers on the uint8 batch."""
@@ -122,7 +126,7 @@ class BatchLoader:
 
     def epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield (x, y) batches of `epoch`: x float32 normalised N x C x H x W on the device, y int64."""
-        idx, oy, ox, flips = self._plan(epoch)
+        idx, oy, ox, flips, cy, cx = self._plan(epoch)
         augment = oy is not None or flips is not None
         stop = len(self) * self.batch_size
         for s in range(0, stop, self.batch_size):
@@ -137,6 +141,8 @@ class BatchLoader:
                     None if flips is None else flips[s:e],
                 )
             x = x.to(torch.float32).div_(255.0).sub_(self._mean).div_(self._std)
+            if cy is not None and cx is not None:  # after normalisation, as DARTS's Cutout transform
+                x = cut_holes(x, self.cutout, cy[s:e], cx[s:e])
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, self._labels[bidx]
@@ -147,3 +153,16 @@ class BatchLoader:
         while True:
             yield from self.epoch(e)
             e += 1
+
+
+def cut_holes(x: torch.Tensor, length: int, cy: torch.Tensor, cx: torch.Tensor) -> torch.Tensor:
+    """Zero a ``length`` x ``length`` square (clipped at the border) centred at (cy[i], cx[i]) in image i."""
+    _, _, h, w = x.shape
+    cy, cx = cy.to(x.device).unsqueeze(1), cx.to(x.device).unsqueeze(1)
+    half = length // 2
+    rows = torch.arange(h, device=x.device).unsqueeze(0)
+    cols = torch.arange(w, device=x.device).unsqueeze(0)
+    in_y = (rows >= cy - half) & (rows < cy + half)
+    in_x = (cols >= cx - half) & (cols < cx + half)
+    keep = ~(in_y.unsqueeze(2) & in_x.unsqueeze(1))
+    return x * keep.unsqueeze(1).to(x.dtype)

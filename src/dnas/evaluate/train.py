@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..bench import lookup_nb201
 from ..data import BatchLoader, ImageDataset, load_dataset
-from ..data.core import derive_seed, generator
+from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError
 from ..io import read_json
@@ -46,7 +46,7 @@ from .darts_net import auxiliary_fits, check_darts_size
 from .distributed import DistContext, init_distributed
 from .networks import DEFAULT_SIZE, build_network
 
-TRAIN_STREAM, CUTOUT_STREAM, MODEL_STREAM = 0x7A1, 0xC07, 0xD809
+TRAIN_STREAM, MODEL_STREAM = 0x7A1, 0xD809
 CIFAR_LIKE = ("cifar10", "cifar100", "svhn")
 
 
@@ -173,23 +173,8 @@ def lr_at(cfg: TrainConfig, epoch: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
 
-def apply_cutout(x: torch.Tensor, length: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero a ``length`` x ``length`` square (clipped at the border) around a random centre per image."""
-    n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1), generator=gen).to(x.device)
-    cx = torch.randint(0, w, (n, 1), generator=gen).to(x.device)
-    half = length // 2
-    rows = torch.arange(h, device=x.device).unsqueeze(0)
-    cols = torch.arange(w, device=x.device).unsqueeze(0)
-    in_y = (rows >= cy - half) & (rows < cy + half)
-    in_x = (cols >= cx - half) & (cols < cx + half)
-    keep = ~(in_y.unsqueeze(2) & in_x.unsqueeze(1))
-    return x * keep.unsqueeze(1).to(x.dtype)
-
-
 def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optimizer, ctx: DistContext, *,
                     aux_weight: float = 0.0, grad_clip: float = 0.0,
-                    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
                     progress: tqdm | None = None) -> dict[str, float]:
     """One pass over ``batches``; returns the main head's mean loss and accuracy over all ranks."""
     model.train()
@@ -198,8 +183,6 @@ def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optim
     correct = torch.zeros((), dtype=torch.int64, device=ctx.device)
     seen = 0
     for x, y in batches:
-        if transform is not None:
-            x = transform(x)
         out = model(x)
         logits, aux = out if isinstance(out, tuple) else (out, None)
         loss = F.cross_entropy(logits, y)
@@ -265,9 +248,12 @@ def _ground_truth(family: str, genotype: Any) -> dict[str, Any] | None:
 
 
 def _may_leave_parameters_unused(family: str, genotype: Any) -> bool:
-    """Whether some op's output may never reach the loss (DDP must then look for unused parameters): NB201
-    nodes whose outgoing edges are all ``none``, DARTS nodes left out of ``concat``."""
+    """Whether some parameters may get no gradient (DDP must then look for unused parameters): NB201
+    nodes whose outgoing edges are all ``none``, DARTS nodes left out of ``concat``, and S4's ``noise``
+    op, whose output does not depend on its input (a cell input read only by noise edges)."""
     if family == "nb201":
+        return True
+    if any(op == "noise" for ct in ("normal", "reduce") for op, _ in getattr(genotype, ct)):
         return True
     return any(set(range(2, 6)) - set(getattr(genotype, f"{ct}_concat")) for ct in ("normal", "reduce"))
 
@@ -330,17 +316,20 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
         ranks = state.get("rank_rng")
-        set_rng_state(ranks[ctx.rank] if ranks and len(ranks) == ctx.world_size else state["rng"])
+        if ranks and len(ranks) == ctx.world_size:
+            set_rng_state(ranks[ctx.rank])
+        else:  # another process count: rank 0's state, then each rank its own drop-path / noise stream
+            set_rng_state(state["rng"])
+            torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank, start))
         if ctx.is_main:
             truncate_metrics(run, start)
 
     train_loader = BatchLoader(train_set, None, config.batch_size // ctx.world_size, augment=True, shuffle=True,
                                seed=config.seed, stream=TRAIN_STREAM, rank=ctx.rank, world_size=ctx.world_size,
-                               device=ctx.device)
+                               device=ctx.device, cutout=config.cutout)
     test_idx = torch.arange(len(test_set))[ctx.rank::ctx.world_size]
     test_loader = BatchLoader(test_set, test_idx, max(config.batch_size // ctx.world_size, 1), augment=False,
                               shuffle=False, device=ctx.device)
-    use_cutout = config.cutout > 0
     quiet = config.quiet or not ctx.is_main
     bar = tqdm(total=(config.epochs - start) * len(train_loader), desc=f"train {space.name}", disable=quiet,
                dynamic_ncols=True)
@@ -355,12 +344,8 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
             drop = config.drop_path * epoch / config.epochs
             if hasattr(model, "drop_path_prob"):
                 model.drop_path_prob = drop
-            transform = None
-            if use_cutout:
-                gen = generator(config.seed, CUTOUT_STREAM, epoch, ctx.rank)
-                transform = lambda x, g=gen: apply_cutout(x, config.cutout, g)  # noqa: E731
             tr = train_one_epoch(net, train_loader.epoch(epoch), optimizer, ctx, aux_weight=config.auxiliary_weight,
-                                 grad_clip=config.grad_clip, transform=transform, progress=bar)
+                                 grad_clip=config.grad_clip, progress=bar)
             record = {"epoch": epoch, "lr": lr, "drop_path": drop, "train_loss": tr["loss"], "train_acc": tr["acc"]}
             if (epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs:
                 ctx.broadcast_buffers(model)
