@@ -27,16 +27,16 @@ ALL_SPACES = ["nb201", "darts", "s1", "s2", "s3", "s4", "s5"]
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
 
-def _pair(name: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+def _pair(name: str, seed: int = 0, dtype: torch.dtype = torch.float32, **kw):
     """A reference supernet with random α and weights, and a fast one loaded from its state_dict."""
     space = get_space(name)
     cells = 1 if space.family == "nb201" else 3
     torch.manual_seed(seed)
-    ref = build_supernet(space, channels=4, cells=cells, impl="reference")
+    ref = build_supernet(space, channels=4, cells=cells, impl="reference", **kw)
     with torch.no_grad():
         for a in ref.arch.alphas.values():
             a.normal_()
-    fast = build_supernet(space, channels=4, cells=cells, impl="fast")
+    fast = build_supernet(space, channels=4, cells=cells, impl="fast", **kw)
     fast.load_state_dict(ref.state_dict())
     return space, ref.to(dtype), fast.to(dtype)
 
@@ -125,6 +125,26 @@ def test_fast_equals_reference_float64_all_rewrites(monkeypatch, name):
     for model in (ref, fast):
         _decide_some(space, model.arch)
     _assert_same(ref, fast, x, y, train=True)
+
+
+def test_node_bn_fast_equals_reference_and_normalises_every_node(monkeypatch):
+    """DARTS-PRIME's network: a non-affine BN on each of the 4 nodes of every cell, in both implementations."""
+    monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
+    space, ref, fast = _pair("darts", seed=7, dtype=torch.float64, node_bn=True)
+    assert sum(k.startswith("cells.0.node_bns.") and k.endswith("running_mean") for k in ref.state_dict()) == 4
+    x, y = _batch(size=12, n=2, dtype=torch.float64)
+    _assert_same(ref, fast, x, y, train=True)
+    _assert_same(ref, fast, x, y, train=False)
+    for model in (ref, fast):
+        _decide_some(space, model.arch)
+    _assert_same(ref, fast, x, y, train=True)
+    seen = []
+    ref.cells[0].node_bns[3].register_forward_hook(lambda m, i, o: seen.append(o))
+    ref.train()
+    ref(x)
+    assert seen and float(seen[0].detach().mean(dim=(0, 2, 3)).abs().max()) < 1e-8  # the last node is normalised too
+    with pytest.raises(Exception, match="DARTS-space option"):
+        build_supernet(get_space("nb201"), channels=4, cells=1, node_bn=True)
 
 
 @pytest.mark.parametrize("name", ["nb201", "darts", "s1", "s4"])

@@ -262,3 +262,15 @@ def test_second_order_steps_with_ops_out_of_the_graph():
     assert any(not torch.equal(a, b) for a, b in zip(s.a_params, before))
     with pytest.raises(DnasError, match="fd_r: must be > 0"):
         make_config("darts2", options={"fd_r": 0})
+
+
+def test_nested_override_keeps_the_outer_one_for_other_cell_types():
+    """``overriding`` one cell type inside ``frozen()`` must leave the other types frozen (detached)."""
+    from dnas.spaces import DARTS
+
+    arch = ArchState(DARTS)
+    with arch.frozen():
+        with arch.overriding({"normal": torch.ones(14, 8)}):
+            assert torch.equal(arch.weights("normal"), torch.ones(14, 8))
+            assert not arch.weights("reduce").requires_grad
+    assert arch.weights("reduce").requires_grad

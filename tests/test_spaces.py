@@ -57,6 +57,10 @@ def test_darts_round_trip_text_and_json():
     (lambda t: t.replace("Genotype(", "Genotyp("), "must look like"),
     (lambda t: t[:-5], "cannot parse"),
     (lambda t: t.replace("reduce_concat=[2, 3, 4, 5]", "reduce_concat=__import__('os')"), "not a literal"),
+    (lambda t: t[:-1] + ", reduce_concat=[2, 3])", "reduce_concat given twice"),
+    (lambda t: t.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(2, 6, 0)"), "non-zero step"),
+    (lambda t: t.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range('2', '6')"), "small integers"),
+    (lambda t: t.replace("normal_concat=[2, 3, 4, 5]", "normal_concat=range(2, 1000000000000)"), "small integers"),
 ])
 def test_darts_rejects(edit, why):
     with pytest.raises(DnasError, match=why):

@@ -406,6 +406,10 @@ def test_mode_defaults_need_make_config_and_depend_on_the_space(tmp_path):
     settings (PRIME's 10/11 split) in run_search too."""
     from dnas.search.modes import make_config
 
+    assert make_config("prime", space="darts").node_bn and not make_config("prime").node_bn
+    assert not make_config("prime", space="s2", node_bn=False).node_bn and not make_config("darts1", space="darts").node_bn
+    with pytest.raises(DnasError, match="node-bn is a DARTS-space option"):
+        make_config("darts1", node_bn=True).check()
     nb, darts = make_config("spos"), make_config("spos", space="darts")
     assert (nb.batch_size, nb.w_lr, nb.w_lr_min, nb.w_nesterov, nb.w_wd, nb.lr_per_step) == (256, 0.1, 0.0, True, 5e-4, True)
     assert (darts.batch_size, darts.w_lr, darts.w_lr_min, darts.w_nesterov, darts.w_wd) == (128, 0.025, 0.0, False, 3e-4)

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
     p.add_argument("--activation", help="mixing-weight activation: softmax (default), sigmoid, crb")
     p.add_argument("--impl", help="supernet implementation: fast (default) or reference (the per-op loop)")
+    p.add_argument("--node-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="DARTS spaces: BN on every node's sum (DARTS-PRIME's network; the prime mode's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")
@@ -49,7 +51,8 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
                         device=a.device)
     if small:
         fields.update(channels=SMALL["channels"], cells=SMALL["cells"][family], epochs=SMALL["epochs"])
-    for name in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "activation", "impl"):
+    for name in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "activation", "impl",
+                 "node_bn"):
         v = getattr(a, name)
         if v is not None:
             fields[name] = v

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import DnasError
+from ..spaces import get_space
 from ..supernet import check_resolution
 
 
@@ -26,6 +27,7 @@ class SearchConfig:
     device: str = "auto"
     activation: str = "softmax"
     impl: str = "fast"                 # or "reference": the per-op loop (same state_dict)
+    node_bn: bool = False              # DARTS spaces: BN on every node's sum (DARTS-PRIME's search network)
     train_portion: float = 0.5         # 50/50 split of the training set into w-train / α-valid
     # w optimiser (SGD, cosine per epoch to w_lr_min)
     w_lr: float = 0.025
@@ -68,3 +70,5 @@ class SearchConfig:
         if not 0.0 < self.train_portion < 1.0:
             raise DnasError(f"train portion must be in (0, 1), got {self.train_portion}")
         check_resolution(self.resolution)
+        if self.node_bn and get_space(self.space).family != "darts":
+            raise DnasError(f"--node-bn is a DARTS-space option (DARTS-PRIME's search network), not for {self.space}")

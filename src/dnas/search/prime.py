@@ -14,6 +14,10 @@
   scaled-dual ADMM form); for ``crb``, the code's activation, it is the code's update. Z starts at act(α),
   U at 0. The code's counter fires every admm_freq − 1 α steps (``(counter + 1) % freq``); we use admm_freq.
 - ``crb`` activation: ops whose α drops to <= 0 are masked for good (``CrbPrune``), with any mode.
+- Search network (DARTS spaces): the code's cell normalises every intermediate node's sum with a
+  non-affine BN, whatever the activation (``model_admm_hard_statebn.py``; the method notes list it under
+  ``--crb`` only, the code has it unconditionally). ``node_bn`` (a SearchConfig field, default on for this
+  mode on the DARTS spaces, ``--no-node-bn`` to drop it) builds it.
 """
 from __future__ import annotations
 
@@ -180,4 +184,5 @@ def build_prime(config: SearchConfig) -> Recipe:
 register_mode(Mode("prime", build_prime,
                    "DARTS-PRIME: α steps on a Fisher-information schedule, proximity (or ADMM) regulariser, "
                    "10/11 dynamic split (options schedfreq, prime_dynamic, prime_split, reg, rho, admm_freq, ewma, "
-                   "threshold)", configure=configure_prime))
+                   "threshold); on the DARTS spaces a BN on every node (node_bn)", configure=configure_prime,
+                   family_defaults={"darts": {"node_bn": True}}))

@@ -66,7 +66,8 @@ def build_run(config: SearchConfig) -> SearchRun:
                              stream=2, device=device)
     seed_everything(config.seed)  # model init does not depend on how much randomness data loading used
     model = build_supernet(space, channels=config.channels, cells=config.cells, num_classes=data.num_classes,
-                           in_channels=data.channels, activation=config.activation, impl=config.impl).to(device)
+                           in_channels=data.channels, activation=config.activation, impl=config.impl,
+                           node_bn=config.node_bn).to(device)
     return SearchRun(config, space, model, train, valid, valid_eval, device, data)
 
 

@@ -147,6 +147,7 @@ def reference_model(run: "SearchRun") -> nn.Module:
     arch = ArchState(run.space, run.config.activation)
     model = build_supernet(run.space, channels=run.config.channels, cells=run.config.cells,
                            num_classes=run.dataset.num_classes, in_channels=run.dataset.channels,
-                           activation=run.config.activation, arch=arch, impl="reference")
+                           activation=run.config.activation, arch=arch, impl="reference",
+                           node_bn=run.config.node_bn)
     model.load_state_dict(run.model.state_dict())
     return model.to(run.device)

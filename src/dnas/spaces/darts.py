@@ -74,6 +74,8 @@ class DartsGenotype:
             raise DnasError("DARTS genotype: use keyword fields normal=, normal_concat=, reduce=, reduce_concat=")
         fields = {}
         for kw in tree.keywords:
+            if kw.arg in fields or kw.arg is None:
+                raise DnasError(f"DARTS genotype: field {kw.arg or '**'} given twice or unnamed")
             fields[kw.arg] = _literal(kw.value, kw.arg)
         return cls.from_json(fields)
 
@@ -114,7 +116,11 @@ class DartsGenotype:
 def _literal(node: ast.AST, name: str | None) -> Any:
     # range(2, 6) appears in the DARTS code's genotypes; anything else must be a plain literal.
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
-        return list(range(*[_literal(a, name) for a in node.args]))
+        args = [_literal(a, name) for a in node.args]
+        if node.keywords or not 1 <= len(args) <= 3 or not all(type(a) is int and abs(a) <= 64 for a in args) \
+                or (len(args) == 3 and args[2] == 0):
+            raise DnasError(f"DARTS genotype: field {name}: range() takes 1-3 small integers and a non-zero step")
+        return list(range(*args))
     try:
         return ast.literal_eval(node)
     except ValueError:

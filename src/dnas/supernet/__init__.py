@@ -18,12 +18,13 @@ DEFAULT_CELLS = {"nb201": 5, "darts": 8}
 
 def build_supernet(space: Space, *, channels: int = 16, cells: int | None = None, num_classes: int = 10,
                    in_channels: int = 3, activation: str = "softmax", arch: ArchState | None = None,
-                   impl: str = "fast") -> nn.Module:
+                   impl: str = "fast", node_bn: bool = False) -> nn.Module:
     """Build the search supernet of ``space``.
 
     ``cells`` follows each space's convention: NB201's N (cells per stage, 3 stages); the DARTS spaces'
     total layer count (reduction cells at L//3 and 2L//3). ``impl``: "fast" (default; fused, tested
     equal to the reference, same state_dict) or "reference" (the readable per-op loop; for per-op hooks).
+    ``node_bn`` (DARTS spaces): a non-affine BN on every intermediate node, as DARTS-PRIME's search network.
     """
     if channels < 1 or num_classes < 2:
         raise DnasError(f"impossible supernet size: channels={channels}, classes={num_classes}")
@@ -32,17 +33,20 @@ def build_supernet(space: Space, *, channels: int = 16, cells: int | None = None
         raise DnasError(f"--cells must be >= 1, got {cells}")
     if space.family == "darts" and channels % 2:
         raise DnasError(f"DARTS-space supernets need an even channel count (FactorizedReduce), got {channels}")
+    if node_bn and space.family != "darts":
+        raise DnasError(f"node BN is a DARTS-space option (DARTS-PRIME's network), not for {space.name}")
     arch = arch or ArchState(space, activation)
     if impl not in IMPLS:
         raise DnasError(f"unknown supernet implementation {impl!r} (known: {', '.join(IMPLS)})")
-    return IMPLS[impl](space, arch, channels, cells, num_classes, in_channels)
+    extra = {"node_bn": True} if node_bn else {}
+    return IMPLS[impl](space, arch, channels, cells, num_classes, in_channels, **extra)
 
 
 def _reference(space: Space, arch: ArchState, channels: int, cells: int, num_classes: int,
-               in_channels: int) -> nn.Module:
+               in_channels: int, node_bn: bool = False) -> nn.Module:
     if space.family == "nb201":
         return Nb201Supernet(arch, channels, cells, num_classes, in_channels)
-    return DartsSupernet(arch, channels, cells, num_classes, in_channels)
+    return DartsSupernet(arch, channels, cells, num_classes, in_channels, node_bn=node_bn)
 
 
 IMPLS = {"reference": _reference, "fast": build_fast}

@@ -85,9 +85,11 @@ class ArchState(nn.Module):
 
     @contextmanager
     def overriding(self, weights: Mapping[str, torch.Tensor]) -> Iterator[None]:
-        """Use these mixing weights instead of the computed ones inside the block (noise, samples, probes)."""
+        """Use these mixing weights instead of the computed ones inside the block (noise, samples, probes).
+
+        Cell types not given keep an enclosing override (e.g. ``frozen()``'s detached weights)."""
         previous = self._override
-        self._override = dict(weights)
+        self._override = {**(previous or {}), **weights}
         try:
             yield
         finally:

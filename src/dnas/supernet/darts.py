@@ -2,7 +2,8 @@
 
 Each cell preprocesses its two inputs (ReLU-Conv1x1-BN, or FactorizedReduce after a reduction cell),
 then node k (2..5) sums mixed ops from all earlier nodes; the output concatenates nodes 2..5.
-All search BNs are non-affine, as in the DARTS search code.
+All search BNs are non-affine, as in the DARTS search code. ``node_bn`` adds a non-affine BN on every
+intermediate node's sum, as DARTS-PRIME's search network does (``model_admm_hard_statebn.py``).
 """
 from __future__ import annotations
 
@@ -28,9 +29,11 @@ def check_layers(layers: int) -> None:
 
 
 class DartsSearchCell(nn.Module):
-    def __init__(self, spec: CellSpec, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool):
+    def __init__(self, spec: CellSpec, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
+                 node_bn: bool = False):
         super().__init__()
         self.reduction = reduction
+        self.node_bns = nn.ModuleList(nn.BatchNorm2d(c, affine=False) for _ in range(STEPS)) if node_bn else None
         self.pre0 = FactorizedReduce(c_pp, c, affine=False) if reduction_prev else ReLUConvBN(c_pp, c, 1, 1, 0,
                                                                                                affine=False)
         self.pre1 = ReLUConvBN(c_p, c, 1, 1, 0, affine=False)
@@ -55,7 +58,7 @@ class DartsSearchCell(nn.Module):
                 if self.reduction:
                     ref = ref[:, :, ::2, ::2]
                 out = torch.zeros_like(ref)
-            states.append(out)
+            states.append(out if self.node_bns is None else self.node_bns[k](out))
         return torch.cat(states[-MULTIPLIER:], dim=1)
 
 
@@ -63,7 +66,7 @@ class DartsSupernet(nn.Module):
     """Weight-sharing DARTS supernet; α per cell type (``normal``/``reduce``) read through ``arch``."""
 
     def __init__(self, arch: ArchState, channels: int = 16, layers: int = 8, num_classes: int = 10,
-                 in_channels: int = 3, cell_cls: type[nn.Module] = DartsSearchCell):
+                 in_channels: int = 3, cell_cls: type[nn.Module] = DartsSearchCell, node_bn: bool = False):
         super().__init__()
         check_layers(layers)
         self.arch = arch
@@ -78,7 +81,7 @@ class DartsSupernet(nn.Module):
             if reduction:
                 c_curr *= 2
             spec = arch.space.cells["reduce" if reduction else "normal"]
-            self.cells.append(cell_cls(spec, c_pp, c_p, c_curr, reduction, reduction_prev))
+            self.cells.append(cell_cls(spec, c_pp, c_p, c_curr, reduction, reduction_prev, node_bn))
             reduction_prev = reduction
             c_pp, c_p = c_p, MULTIPLIER * c_curr
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -28,8 +28,8 @@ from .fast_nb201 import FastNb201Supernet
 
 
 def build_fast(space: Space, arch: ArchState, channels: int, cells: int, num_classes: int,
-               in_channels: int) -> nn.Module:
+               in_channels: int, node_bn: bool = False) -> nn.Module:
     """``IMPLS`` entry: same arguments and result contract as the reference builder."""
     if space.family == "nb201":
         return FastNb201Supernet(arch, channels, cells, num_classes, in_channels)
-    return FastDartsSupernet(arch, channels, cells, num_classes, in_channels)
+    return FastDartsSupernet(arch, channels, cells, num_classes, in_channels, node_bn=node_bn)

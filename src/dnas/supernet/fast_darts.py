@@ -93,8 +93,9 @@ def _factorized_reduce(relu: torch.Tensor, fr: FactorizedReduce, scale: torch.Te
 class FastDartsCell(DartsSearchCell):
     """Same modules as :class:`DartsSearchCell`; the forward walks source nodes instead of edges."""
 
-    def __init__(self, spec: CellSpec, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool):
-        super().__init__(spec, c_pp, c_p, c, reduction, reduction_prev)
+    def __init__(self, spec: CellSpec, c_pp: int, c_p: int, c: int, reduction: bool, reduction_prev: bool,
+                 node_bn: bool = False):
+        super().__init__(spec, c_pp, c_p, c, reduction, reduction_prev, node_bn)
         self.kinds = tuple(tuple(_KIND[n] for n in names) for names in spec.ops)
         self.outgoing = tuple(tuple((e, d) for e, (s, d) in enumerate(DARTS_EDGES) if s == j)
                               for j in range(1 + STEPS))
@@ -119,6 +120,8 @@ class FastDartsCell(DartsSearchCell):
             xj = states[j]
             if xj is None:  # all inputs removed: a zero node of the cell's output size
                 xj = states[j] = torch.zeros_like(ref)
+            if j >= 2 and self.node_bns is not None:  # the node's sum is complete here
+                xj = states[j] = self.node_bns[j - 2](xj)
             node = _NodeInput(xj)
             pooled: dict[str, list[tuple[int, int, int]]] = {}
             terms: list = []  # parameter-free terms (skip, noise, shared-BN pools), added after the convs
@@ -151,6 +154,8 @@ class FastDartsCell(DartsSearchCell):
         last = states[-1]
         if last is None:
             states[-1] = torch.zeros_like(ref)
+        if self.node_bns is not None:
+            states[-1] = self.node_bns[-1](states[-1])
         return torch.cat(states[-MULTIPLIER:], dim=1)
 
     def _pool_terms(self, x: torch.Tensor, uses: list[tuple[int, int, int]], mw: MixingWeights,
@@ -172,8 +177,8 @@ class FastDartsSupernet(DartsSupernet):
     """Drop-in for :class:`DartsSupernet` (same constructor, ``state_dict`` and outputs), in channels-last."""
 
     def __init__(self, arch: ArchState, channels: int = 16, layers: int = 8, num_classes: int = 10,
-                 in_channels: int = 3):
-        super().__init__(arch, channels, layers, num_classes, in_channels, cell_cls=FastDartsCell)
+                 in_channels: int = 3, node_bn: bool = False):
+        super().__init__(arch, channels, layers, num_classes, in_channels, cell_cls=FastDartsCell, node_bn=node_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {ct: MixingWeights(self.arch.weights(ct)) for ct in ("normal", "reduce")}
