@@ -118,13 +118,18 @@ def test_fast_equals_reference_float64_all_rewrites(monkeypatch, name):
     # Tiny tensors skip the polyphase / 5x5-weight-gradient rewrites; force them on. 12x12 inputs give
     # odd 3x3 maps in the last DARTS cell, where the polyphase path must fall back.
     monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
-    space, ref, fast = _pair(name, seed=5, dtype=torch.float64)
+    _assert_same_float64(*_pair(name, seed=5, dtype=torch.float64))
+
+
+def _assert_same_float64(space, ref, fast) -> torch.Tensor:
+    """Train and eval mode, then again after PT-style decisions; returns the input batch."""
     x, y = _batch(size=12, n=2, dtype=torch.float64)
     _assert_same(ref, fast, x, y, train=True)
     _assert_same(ref, fast, x, y, train=False)
     for model in (ref, fast):
         _decide_some(space, model.arch)
     _assert_same(ref, fast, x, y, train=True)
+    return x
 
 
 def test_node_bn_fast_equals_reference_and_normalises_every_node(monkeypatch):
@@ -132,12 +137,7 @@ def test_node_bn_fast_equals_reference_and_normalises_every_node(monkeypatch):
     monkeypatch.setattr(fast_ops, "MIN_REWRITE_NUMEL", 0)
     space, ref, fast = _pair("darts", seed=7, dtype=torch.float64, node_bn=True)
     assert sum(k.startswith("cells.0.node_bns.") and k.endswith("running_mean") for k in ref.state_dict()) == 4
-    x, y = _batch(size=12, n=2, dtype=torch.float64)
-    _assert_same(ref, fast, x, y, train=True)
-    _assert_same(ref, fast, x, y, train=False)
-    for model in (ref, fast):
-        _decide_some(space, model.arch)
-    _assert_same(ref, fast, x, y, train=True)
+    x = _assert_same_float64(space, ref, fast)
     seen = []
     ref.cells[0].node_bns[3].register_forward_hook(lambda m, i, o: seen.append(o))
     ref.train()
