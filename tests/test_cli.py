@@ -54,6 +54,14 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
      "is a file"),
     (["reproduce", "smoke", "--out", "{tmp}/file.txt"], "is not a directory"),
     (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/file.txt/cell.png"], "file.txt"),
+    (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/cell.txt"], "cannot write a figure as .txt"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--momentum", "-1"], "--momentum must be in [0, 1)"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--lr", "nan"], "--lr must be a finite number"),
+    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
+      "--grad-clip", "inf"], "--grad-clip must be a finite number"),
+    (["--threads", "-3", "search", "--out", "{tmp}/a"], "--threads must be between"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
@@ -103,3 +111,73 @@ def test_console_script_entry_point(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "dnas", "search", "--out", str(tmp_path / "r"), "--space", "x"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_force_deletes_only_runs_and_only_once_the_new_run_can_start(tmp_path, capsys):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    code, _, err = run_cli(["search", "--out", str(precious), *TINY, "--force"], capsys)
+    assert code == 2 and "not a dnas run" in err and (precious / "thesis.tex").exists()
+    run = tmp_path / "run"
+    assert run_cli(["search", "--out", str(run), *TINY], capsys)[0] == 0
+    before = (run / "result.json").read_bytes()
+    code, _, err = run_cli(["search", "--out", str(run), "--dataset", "cifar10", "--data-dir", str(tmp_path / "none"),
+                            "--force", "--quiet"], capsys)
+    assert code == 2 and (run / "result.json").read_bytes() == before  # the failed start cost nothing
+    code, _, err = run_cli(["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out",
+                            str(run), "--epochs", "1", "--resume"], capsys)
+    assert code == 2 and "different kind of run" in err  # train --resume on a search run
+
+
+def test_torn_metrics_line_and_unfinished_or_interrupted_selections(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    args = ["search", "--out", str(run), *[a if a != "1" else "2" for a in TINY]]
+    from dnas.search import Searcher
+
+    real = Searcher.train_epoch
+
+    def dying(self, epoch, *a, **k):
+        if epoch == 1 and k.get("desc", "search") == "search":
+            raise KeyboardInterrupt
+        return real(self, epoch, *a, **k)
+
+    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    assert run_cli(args, capsys)[0] == 130
+    code, _, err = run_cli(["select", str(run), "--method", "ostr"], capsys)
+    assert code == 2 and "has not finished" in err  # a selection must not describe a half-trained supernet
+    monkeypatch.setattr(Searcher, "train_epoch", real)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 1, "train_lo')  # the line an interruption tore
+    assert run_cli(args + ["--resume"], capsys)[0] == 0
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+    # an interrupted progressive selection is never discarded silently
+    (run / "selections").mkdir(exist_ok=True)
+    (run / "selections" / "pt.ckpt.pt").write_bytes(b"state")
+    code, _, err = run_cli(["select", str(run), "--method", "pt"], capsys)
+    assert code == 2 and "--resume to continue it or --force" in err and (run / "selections" / "pt.ckpt.pt").exists()
+
+
+def test_train_resume_without_checkpoint_redoes_its_metric_lines(tmp_path, capsys):
+    out = tmp_path / "t"
+    args = ["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", str(out),
+            "--epochs", "2", "--channels", "4", "--layers", "1", "--quiet"]
+    assert run_cli(args, capsys)[0] == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text(lines[0] + "\n")  # killed between the metrics line and the checkpoint
+    (out / "checkpoint.pt").unlink()
+    (out / "result.json").unlink()
+    assert run_cli(args + ["--resume"], capsys)[0] == 0
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_bad_threads_variable_and_bad_table_fail_up_front(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DNAS_THREADS", "abc")
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 2 and "DNAS_THREADS must be a whole number" in err
+    monkeypatch.delenv("DNAS_THREADS")
+    bad = tmp_path / "table.csv"
+    bad.write_text("arch,cifar10_test\n|bogus|,1\n")
+    monkeypatch.setenv("DNAS_NB201_TABLE", str(bad))
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "a"), *TINY], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()

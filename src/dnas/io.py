@@ -1,6 +1,7 @@
 """Atomic file writes: a temp file in the same folder, then rename, so nothing is ever half-written."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -23,6 +24,8 @@ _UMASK = _current_umask()
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
+    if path.is_dir():  # say so about the user's path, not about the temporary file next to it
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

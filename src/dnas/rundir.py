@@ -15,18 +15,19 @@ import numpy as np
 import torch
 
 from .errors import DnasError
-from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, read_jsonl,
-                 torch_load)
+from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, torch_load
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None) -> Path:
+def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None,
+                    check_only: bool = False) -> Path:
     """Create a fresh run directory, or check the one to resume.
 
     An existing non-empty directory is never touched without ``resume`` (continue it) or ``force``
-    (start over). With ``resume`` the saved config must match the requested one on every key that
-    shapes the run.
+    (start over, only for a dnas run). With ``resume`` the saved config must match the requested one on
+    every key that shapes the run. ``check_only``: all the checks, nothing written or deleted (call it
+    before slow setup that can fail, then again for real, so a failed start never costs the old run).
     """
     run = Path(path)
     if resume and force:
@@ -39,14 +40,26 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
             raise DnasError(f"{run}: nothing to resume (no {CONFIG})")
         if config is not None:
             saved = read_json(run / CONFIG)
-            diff = sorted(k for k in config if k in saved and saved[k] != config[k] and k not in _RESUME_FREE)
+            if not isinstance(saved, dict):
+                raise DnasError(f"{run / CONFIG}: not a dnas run configuration")
+            shared = [k for k in config if k in saved]
+            if len(shared) < len(config) / 2:  # e.g. `train --resume` on a search run
+                raise DnasError(f"{run}: --resume on a different kind of run (its {CONFIG} lacks most of "
+                                f"this command's settings)")
+            diff = sorted(k for k in shared if saved[k] != config[k] and k not in _RESUME_FREE)
             if diff:
                 raise DnasError(f"{run}: --resume with different settings than the saved run: {', '.join(diff)}")
         return run
     if exists:
         if not force:
             raise DnasError(f"{run} already exists; use --resume to continue it or --force to start over")
+        if not (run / CONFIG).is_file():  # --force only ever deletes a run directory
+            raise DnasError(f"{run} holds files but is not a dnas run (no {CONFIG}); --force will not delete it")
+        if check_only:
+            return run
         shutil.rmtree(run)
+    if check_only:
+        return run
     run.mkdir(parents=True, exist_ok=True)
     if config is not None:
         atomic_write_json(run / CONFIG, config)
@@ -98,7 +111,16 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
     path = Path(run) / name
     if not path.exists():
         return
-    kept = [r for r in read_jsonl(path) if r.get(key, -1) < keep_until]
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # a line torn by the interruption: its epoch is redone anyway
+                break
+            raise DnasError(f"{path}:{i + 1}: not a JSON line") from None
+    kept = [r for r in records if isinstance(r, dict) and r.get(key, -1) < keep_until]
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 

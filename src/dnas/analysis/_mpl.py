@@ -30,8 +30,12 @@ def save(fig: Any, path: str | Path, dpi: int = 110) -> Path:
 
     from ..io import atomic_write_bytes
     path = Path(path)
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    known = fig.canvas.get_supported_filetypes()
+    if fmt not in known:
+        raise DnasError(f"{path}: cannot write a figure as .{fmt} (known: {', '.join(sorted(known))})")
     buf = _io.BytesIO()
-    fig.savefig(buf, format=path.suffix.lstrip(".") or "png", dpi=dpi)
+    fig.savefig(buf, format=fmt, dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
     return path
 

@@ -5,7 +5,9 @@ import argparse
 import importlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 
 from ..errors import DnasError
 
@@ -32,25 +34,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _threads(args: argparse.Namespace) -> int:
+    raw = args.threads if args.threads is not None else os.environ.get("DNAS_THREADS", "") or "0"
+    try:
+        threads = int(raw)
+    except ValueError:
+        raise DnasError(f"DNAS_THREADS must be a whole number, got {raw!r}") from None
+    if not 0 <= threads <= 4096:
+        raise DnasError(f"--threads must be between 1 and 4096, got {threads}")
+    return threads
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C (workers stopped, state kept)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    threads = args.threads or int(os.environ.get("DNAS_THREADS", "0") or 0)
-    if threads > 0:
-        import torch
-        torch.set_num_threads(threads)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
+        threads = _threads(args)
+        if threads > 0:
+            import torch
+            torch.set_num_threads(threads)
         return int(args.func(args) or 0)
     except DnasError as e:
         sys.stderr.write(f"dnas: error: {e}\n")
         return 2
-    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
-        # A path the user named clashes with the file system (a file where a folder must go, no rights).
-        sys.stderr.write(f"dnas: error: {e.filename}: {e.strerror}\n")
+    except OSError as e:
+        # A path the user named clashes with the file system (a file where a folder must go, no rights,
+        # a read-only or full disk).
+        where = f"{e.filename}: " if e.filename else ""
+        sys.stderr.write(f"dnas: error: {where}{e.strerror or e}\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("dnas: interrupted (resume with --resume)\n")
+        how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
+        sys.stderr.write(f"dnas: interrupted ({how})\n")
         return 130
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 if __name__ == "__main__":

@@ -68,10 +68,21 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
     return make_config(a.mode, options=options, **fields)
 
 
+def _check_table(space: str) -> None:
+    """A configured NB201 table is read now: a bad one must fail before the search, not after it."""
+    import os
+
+    from ..bench.nb201 import TABLE_ENV, open_benchmark
+    from ..spaces import get_space
+    if get_space(space).family == "nb201" and os.environ.get(TABLE_ENV):
+        open_benchmark()
+
+
 def _run(a: argparse.Namespace) -> int:
     from ..select.run import ground_truth_hook, parse_methods, run_selections
     cfg = config_from_args(a)
     methods = parse_methods(a.select)
+    _check_table(cfg.space)
     result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook())
     if methods:
         result = run_selections(cfg.out, methods, resume=a.resume, quiet=a.quiet)

@@ -19,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. proj_intv=5, criterion=loss, progressive=true; repeatable")
     p.add_argument("--resume", action="store_true", help="continue an interrupted progressive selection (pt, ostr)")
+    p.add_argument("--force", action="store_true", help="start over, discarding an interrupted selection")
     p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
     p.add_argument("--out", help="without RUN: also write the selection JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -47,10 +48,11 @@ def _run(a: argparse.Namespace) -> int:
     if a.run is not None:
         if a.space or a.out:
             raise DnasError("--space and --out are for selections without a run directory")
-        entry = run_selection(a.run, a.method, options=options, resume=a.resume, quiet=a.quiet, device=a.device)
+        entry = run_selection(a.run, a.method, options=options, resume=a.resume, quiet=a.quiet, device=a.device,
+                              force=a.force)
     else:
-        if a.resume:
-            raise DnasError("--resume needs a run directory")
+        if a.resume or a.force:
+            raise DnasError("--resume and --force need a run directory")
         if a.space:
             options["space"] = a.space
         if a.device:

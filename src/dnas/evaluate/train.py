@@ -118,7 +118,14 @@ def make_config(space: str, genotype: str, dataset: str = "cifar10", **overrides
 def check_config(cfg: TrainConfig) -> None:
     checks = [(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
               (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-              (cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}"),
+              (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr}"),
+              (math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr,
+               f"--lr-min must be a finite number in [0, --lr], got {cfg.lr_min}"),
+              (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
+              (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
+               f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}"),
+              (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0,
+               f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip}"),
               (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
               (cfg.cutout >= 0, f"--cutout must be >= 0, got {cfg.cutout}"),
               (cfg.auxiliary_weight >= 0, f"--auxiliary-weight must be >= 0, got {cfg.auxiliary_weight}"),
@@ -284,14 +291,15 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
         raise DnasError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     run = Path(out_dir)
     cfg_dict = asdict(config)
-    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
+    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict, check_only=True))
     if resume:
         done = _on_main(ctx, lambda: read_result(run))
         if done.get("finished") and done.get("epochs") == config.epochs:
             return done  # nothing left to do
+    train_set, test_set = _data(config)  # before the directory is touched: a failed start keeps the old run
+    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
 
-    train_set, test_set = _data(config)
     seed_everything(config.seed)
     model = build_network(space, genotype, num_classes=train_set.num_classes, in_channels=train_set.channels,
                           channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0)
@@ -312,6 +320,8 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     start, elapsed = 0, 0.0
     if resume and (run / CHECKPOINT).exists():
         state = load_checkpoint(run)
+        if "model" not in state or "optimizer" not in state:
+            raise DnasError(f"{run / CHECKPOINT}: not a training checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
@@ -323,6 +333,8 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
             torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank, start))
         if ctx.is_main:
             truncate_metrics(run, start)
+    elif resume and ctx.is_main:  # stopped before the first checkpoint: its metric lines are redone
+        truncate_metrics(run, 0)
 
     train_loader = BatchLoader(train_set, None, config.batch_size // ctx.world_size, augment=True, shuffle=True,
                                seed=config.seed, stream=TRAIN_STREAM, rank=ctx.rank, world_size=ctx.world_size,

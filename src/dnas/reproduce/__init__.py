@@ -96,6 +96,9 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
         if not Path(table).exists():
             raise DnasError(f"NAS-Bench-201 table {table} does not exist")
         table = str(Path(table).resolve())
+        if proto.space == "nb201" and not report_only:
+            from ..bench.nb201 import open_benchmark
+            open_benchmark(table)  # read it now: a bad table must not fail every job after its search
     _check_out_dir(out, proto, report_only)
     pool: LocalPool | RayPool | None = None
     if not report_only:  # everything that can fail on bad input, before anything is written

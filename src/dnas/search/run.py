@@ -1,7 +1,6 @@
 """Search workflow: a run directory in, a trained supernet and its selections out. Resumable per epoch."""
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,16 +97,14 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     config.check()
     get_space(config.space)
     check_mode_applied(config)
+    prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), check_only=True)
+    run = build_run(config)  # data and model first: a start that fails leaves the directory as it was
+    searcher = run.searcher(quiet=quiet)
     out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
-    try:
-        run = build_run(config)
-        searcher = run.searcher(quiet=quiet)
-    except DnasError:
-        if not resume:  # leave nothing behind for a run that could not even start
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     if resume and (out / CHECKPOINT).exists():
         state = load_checkpoint(out)
+        if "searcher" not in state:
+            raise DnasError(f"{out / CHECKPOINT}: not a search checkpoint")
         searcher.load_state_dict(state["searcher"])
         set_rng_state(state["rng"])
         truncate_metrics(out, searcher.epoch)

@@ -28,6 +28,7 @@ class SelectionContext:
     run_dir: Path | None = None
     resume: bool = False
     quiet: bool = False
+    force: bool = False  # start over even though an interrupted selection is saved
 
     @property
     def _ckpt(self) -> Path | None:
@@ -40,8 +41,15 @@ class SelectionContext:
             atomic_torch_save(self._ckpt, {**state, "rng": rng_state()})
 
     def load_state(self) -> dict[str, Any] | None:
-        """The saved state when resuming, else None (and RNG restored with it)."""
-        if not self.resume or self._ckpt is None or not self._ckpt.exists():
+        """The saved state when resuming, else None (and RNG restored with it). An interrupted selection is
+        never discarded silently: without ``resume`` it takes ``force``."""
+        if self._ckpt is None or not self._ckpt.exists():
+            return None
+        if not self.resume:
+            if not self.force:
+                raise DnasError(f"{self.method}: an interrupted selection is saved in {self._ckpt.parent}; "
+                                "use --resume to continue it or --force to start over")
+            self._ckpt.unlink()
             return None
         state = torch_load(self._ckpt)
         from ..rundir import set_rng_state
@@ -121,13 +129,18 @@ def ground_truth_hook() -> Callable[[Space, Selection], dict[str, Any]] | None:
 
 
 def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] | None = None, resume: bool = False,
-                  quiet: bool = False, device: str | None = None) -> dict[str, Any]:
+                  quiet: bool = False, device: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run one selector on a search run; writes selections/<method>.json and updates result.json."""
     from ..search import open_run
+    from ..rundir import read_result
     m = get_method(method)
     run_dir = Path(run_dir)
     run = open_run(run_dir, device=device)
-    ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet)
+    if not read_result(run_dir).get("finished"):  # a selection must not outlive the supernet it describes
+        raise DnasError(f"{run_dir}: its search has not finished; complete it with `dnas search ... --resume` first")
+    if resume and force:
+        raise DnasError("--resume and --force exclude each other")
+    ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
     sel = m.fn(run, ctx)
     entry = sel.to_json()
     hook = ground_truth_hook()
