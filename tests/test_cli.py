@@ -146,6 +146,8 @@ def test_torn_metrics_line_and_unfinished_or_interrupted_selections(tmp_path, ca
     assert run_cli(args, capsys)[0] == 130
     code, _, err = run_cli(["select", str(run), "--method", "ostr"], capsys)
     assert code == 2 and "has not finished" in err  # a selection must not describe a half-trained supernet
+    code, _, err = run_cli(["analyze", "ranking", str(run), "--table", str(tmp_path / "t.csv")], capsys)
+    assert code == 2 and "has not finished" in err and not (run / "analysis").exists()
     monkeypatch.setattr(Searcher, "train_epoch", real)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 1, "train_lo')  # the line an interruption tore

@@ -126,7 +126,10 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
 
 def read_result(run: str | Path) -> dict[str, Any]:
     path = Path(run) / RESULT
-    return read_json(path) if path.exists() else {}
+    result = read_json(path) if path.exists() else {}
+    if not isinstance(result, dict):
+        raise DnasError(f"{path}: not a dnas result (a JSON object)")
+    return result
 
 
 def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:

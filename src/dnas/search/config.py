@@ -52,6 +52,8 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SearchConfig":
+        if not isinstance(d, dict):
+            raise DnasError("a search config must be a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
