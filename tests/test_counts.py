@@ -105,9 +105,14 @@ def test_counts_for_every_space(one_thread):
         "normal_concat=[2, 3, 4, 5], reduce=[('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), " \
         "('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1)], " \
         "reduce_concat=[2, 3, 4, 5])"
-    for name in ("darts", "s5", "s2", "s3"):
-        c = network_counts(get_space(name), get_space(name).parse(g), channels=8, layers=5)
-        assert c["params_M"] > 0 and c["flops_M"] > c["madds_M"] > 0 and c["params_with_aux_M"] > c["params_M"]
+    counts = {name: network_counts(get_space(name), get_space(name).parse(g), channels=8, layers=5)
+              for name in ("darts", "s5", "s2", "s3")}
+    c = counts["darts"]
+    assert c["channels"] == 8 and c["layers"] == 5 and c["params_M"] == 0.051106
+    assert c["flops_M"] > c["madds_M"] > 0 and c["params_with_aux_M"] > c["params_M"]
+    assert all(other == c for other in counts.values())  # one genotype, one network, whatever the space
     noise = g.replace("skip_connect", "noise")
-    c = network_counts(get_space("s4"), get_space("s4").parse(noise), channels=8, layers=5)
-    assert c["params_M"] > 0
+    s4 = network_counts(get_space("s4"), get_space("s4").parse(noise), channels=8, layers=5)
+    # By hand: noise has no parameters, and the skips it replaces are parameter-free except the four
+    # stride-2 ones of each reduction cell (C=16 then 32), FactorizedReduce with C² + 2C each.
+    assert round((c["params_M"] - s4["params_M"]) * 1e6) == 4 * (16 ** 2 + 2 * 16) + 4 * (32 ** 2 + 2 * 32) == 5504

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 from dnas.data import BatchLoader, load_dataset
+from dnas.errors import DnasError
 from dnas.evaluate import make_config, train_network
 from dnas.evaluate.distributed import DistContext, init_distributed, shutdown_distributed
 from dnas.evaluate.train import train_one_epoch
@@ -102,5 +103,5 @@ def test_single_process_without_torchrun(monkeypatch):
     assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.distributed) == (0, 1, True, False)
     assert ctx.sum([1.0, 2.0]) == [1.0, 2.0] and ctx.gather("x") == ["x"]
     monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(Exception, match="RANK"):
+    with pytest.raises(DnasError, match="WORLD_SIZE is set but RANK is not"):
         init_distributed("cpu")

@@ -76,6 +76,10 @@ def test_drop_path_only_in_training_and_never_on_identity():
     # Node 2 = skip(s0') + skip(s1'): identity edges are never dropped, so node 2 survives whole.
     pre = cell.pre0(s) + cell.pre1(s)
     assert torch.allclose(out[:, :4], pre, atol=1e-5)
+    # Node 3 = dil_conv(s0') + max_pool(node 2), both droppable: gone at p = 0.999, there at p = 0.
+    assert (out[:, 4:8] == 0).all()
+    torch.manual_seed(1)
+    assert not (cell(s, s, 0.0)[:, 4:8] == 0).all()
 
 
 def test_cutout_and_lr_schedule():

@@ -85,6 +85,15 @@ def test_pt_picks_dominant_op(dominated):
     assert d["chosen"] == DOM_OP and sel.genotype.ops[DOM_EDGE] == DOM_OP
 
 
+def test_pt_keeps_the_op_whose_removal_hurts_most(monkeypatch):
+    """darts-pt's rule on hand-set scores: the lowest accuracy after removal wins, ties to the lower index."""
+    correct = {0: 50, 1: 40, 2: 10, 3: 30, 4: 10}
+    monkeypatch.setattr(pt_mod.PtDecider, "_eval",
+                        lambda self, ct, zero: pt_mod.EvalResult(correct[zero[1]], 1.0, 64, 1))
+    chosen, info = pt_mod.PtDecider(build_run(tiny_config()), {**pt_mod.DEFAULTS, "max_batches": 1}).op("cell", 0)
+    assert chosen == 2 and len(info["candidates"]) == 5
+
+
 def test_pt_and_ostr_never_keep_a_removed_op():
     """An op masked before selection (crb pruning, remove_op) is out of the supernet: PT does not score
     it and neither PT nor OStr can keep it, even when removing anything else would hurt less."""

@@ -126,6 +126,8 @@ def test_genotype_key_ignores_order_within_node():
     g = DARTS.parse(DARTS_V2)
     swapped = DartsGenotype(g.normal[1:2] + g.normal[0:1] + g.normal[2:], g.normal_concat, g.reduce, g.reduce_concat)
     assert swapped != g and swapped.key() == g.key()
+    other_reduce = DARTS.parse(DARTS_V2.replace("reduce=[('max_pool_3x3', 0)", "reduce=[('avg_pool_3x3', 0)"))
+    assert other_reduce.key() != g.key()  # the key covers both cell types
 
 
 def test_nb201_network_param_counts_match_benchmark():
