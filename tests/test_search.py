@@ -273,3 +273,20 @@ def test_nested_override_keeps_the_outer_one_for_other_cell_types():
             assert torch.equal(arch.weights("normal"), torch.ones(14, 8))
             assert not arch.weights("reduce").requires_grad
     assert arch.weights("reduce").requires_grad
+
+
+@pytest.mark.parametrize("mode", ["darts1", "darts2"])
+def test_alpha_step_when_no_alpha_reaches_the_loss(mode):
+    """PT's last tuning epoch can have every edge decided as `none`: the loss then ignores α, and the α
+    step must do nothing rather than fail (darts-pt: α has no gradient and Adam skips it)."""
+    from dnas.search.modes import make_config
+
+    run = build_run(make_config(mode, **{k: v for k, v in vars(tiny()).items() if k != "mode"}))
+    s = run.searcher(quiet=True)
+    arch = run.model.arch
+    for e in range(arch.space.cells["cell"].num_edges):
+        arch.fix_edge("cell", e, arch.space.cells["cell"].op_index(e, "none"))
+    before = arch.alphas["cell"].detach().clone()
+    batch = next(iter(run.train.epoch(0)))
+    s.arch_step(batch, batch)
+    assert torch.equal(arch.alphas["cell"], before)

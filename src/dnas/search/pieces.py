@@ -51,7 +51,8 @@ class FirstOrder(ArchUpdate):
     def backward(self, s: "Searcher", train_batch: Batch, valid_batch: Batch) -> float:
         with frozen_weights(s.w_params):  # w gradients are not needed: ~1.3x faster
             loss = s.arch_loss(*valid_batch)
-            torch.autograd.backward(loss, inputs=s.a_params)
+            if loss.requires_grad:  # not when every edge is decided (PT's last tuning epoch): no α gradient
+                torch.autograd.backward(loss, inputs=s.a_params)
         return float(loss.detach())
 
 
@@ -97,6 +98,7 @@ class SecondOrder(ArchUpdate):
         # ∇ of L_val at w' w.r.t. α and w'
         loss_val = s.arch_loss(*valid_batch)
         grads = torch.autograd.grad(loss_val, alphas + params, allow_unused=True)
+        reached = [g is not None for g in grads[: len(alphas)]]  # α out of the graph (all edges decided): no step
         g_alpha = [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, grads[: len(alphas)])]
         v = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads[len(alphas):])]
         eps = self.r / torch.sqrt(sum((x * x).sum() for x in v)).clamp_min(1e-12)
@@ -106,6 +108,8 @@ class SecondOrder(ArchUpdate):
                 for p, w0, vi in zip(params, backup, v):
                     p.copy_(w0 + sign * eps * vi)
             gs = torch.autograd.grad(s.w_loss(*train_batch), alphas, allow_unused=True)
+            for i, g in enumerate(gs):
+                reached[i] = reached[i] or g is not None
             return [torch.zeros_like(a) if g is None else g for a, g in zip(alphas, gs)]
 
         g_plus = alpha_grad_at(+1.0)
@@ -115,7 +119,9 @@ class SecondOrder(ArchUpdate):
                 p.copy_(w0)
             for b, b0 in zip(s.model.buffers(), buffers):
                 b.copy_(b0)
-            for a, ga, gp, gm in zip(alphas, g_alpha, g_plus, g_minus):
+            for a, ga, gp, gm, used in zip(alphas, g_alpha, g_plus, g_minus, reached):
+                if not used:
+                    continue
                 g = ga - xi * (gp - gm) / (2 * eps)
                 a.grad = g if a.grad is None else a.grad + g
         return float(loss_val.detach())
