@@ -49,6 +49,12 @@ def test_rank_metrics_edge_cases():
         kendall_tau([1, 2], [1, 2, 3])
 
 
+def test_darts_runs_need_their_own_table(monkeypatch):
+    monkeypatch.setenv("DNAS_NB201_TABLE", "/somewhere/nb201.csv.gz")
+    with pytest.raises(DnasError, match="darts runs need a ground-truth table: pass --table"):
+        load_truth(None, DARTS)
+
+
 def test_truth_table_refuses_non_finite_accuracies(tmp_path):
     p = tmp_path / "t.csv"
     p.write_text("arch,acc\n|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|skip_connect~1|skip_connect~2|,nan\n")
@@ -300,8 +306,9 @@ def test_plots_and_cell_drawings(tiny_run, tmp_path):
     decisions = [{"kind": "op", "cell_type": "cell", "edge": e, "epoch": 5 * e, "chosen": "nor_conv_3x3",
                   "candidates": {o: {"acc": 0.5 + 0.01 * k, "loss": 1.0} for k, o in enumerate(NB201_OPS)}}
                  for e in range(2)]
+    del decisions[1]["candidates"]["none"]  # an op removed before the decision is not scored
     sel = json.loads((tiny_run / "selections" / "magnitude.json").read_text())
-    sel.update(method="pt", decisions=decisions)
+    sel.update(method="pt", decisions=decisions, options={"criterion": "loss"})
     (tiny_run / "selections" / "pt.json").write_text(json.dumps(sel))
     (tiny_run / "selections" / "pt.tune.jsonl").write_text(
         "".join(json.dumps({"epoch": i, "train_acc": 0.2 + 0.01 * i}) + "\n" for i in range(3)))

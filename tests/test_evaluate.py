@@ -169,11 +169,12 @@ def test_train_completes_and_resumes_exactly(tmp_path, space, arch, tiny):
 
 def test_genotype_from_run(tmp_path):
     run = tmp_path / "search"
-    atomic_write_json(run / "config.json", {"space": "nb201", "dataset": "cifar100"})
+    atomic_write_json(run / "config.json", {"space": "nb201", "dataset": "cifar100", "data_dir": "/data/c100"})
     atomic_write_json(run / "result.json", {"space": "nb201", "genotype": NB201_ARCH,
                                             "selections": {"pt": {"genotype": NB201_ARCH.replace("none", "skip_connect")}}})
     found = genotype_from_run(run)
     assert found["genotype"] == NB201_ARCH and found["dataset"] == "cifar100" and found["space"] == "nb201"
+    assert found["data_dir"] == "/data/c100"  # train --run reads the data where the search did
     assert "skip_connect~1|avg" in genotype_from_run(run, "pt")["genotype"]
     with pytest.raises(DnasError, match="available: pt"):
         genotype_from_run(run, "magnitude")

@@ -97,7 +97,7 @@ def test_smoke_local_runs_resumes_and_rebuilds(tmp_path, capsys, table):
 
 def test_smoke_on_a_local_ray_instance(tmp_path, table):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dnas[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a leftover cluster
     try:
         address = ray.get_runtime_context().gcs_address
         out = tmp_path / "smoke-ray"
@@ -116,8 +116,9 @@ def test_smoke_on_a_local_ray_instance(tmp_path, table):
 class FakePool:
     """Finishes jobs instantly by writing their output files; fails the names in ``fail``."""
 
-    def __init__(self, out: Path, jobs, fail=()):
+    def __init__(self, out: Path, jobs, fail=(), killed_after_output=()):
         self.out, self.by_name, self.fail = out, {j.name: j for j in jobs}, set(fail)
+        self.killed = set(killed_after_output)  # output written, then the process died (rc -9)
         self.running: list[str] = []
         self.started: list[str] = []
         self.max_running = 0
@@ -141,7 +142,7 @@ class FakePool:
         f.write_text(json.dumps({"genotype": "x"}))
         if job.kind == "search":
             (f.parent.parent / "result.json").write_text(json.dumps({"finished": "now"}))
-        return [(name, 0, "")]
+        return [(name, -9 if name in self.killed else 0, "")]
 
     def stop(self):
         pass
@@ -184,6 +185,18 @@ def test_report_marks_values_missing_for_some_seeds():
 
     assert _fmt({"n": 2, "mean": 91.0, "std": 2 ** 0.5}, of=3) == "91.00 ± 1.41 (2 of 3)"
     assert _fmt({"n": 3, "mean": 91.0, "std": 1.0}, of=3) == "91.00 ± 1.00"
+
+
+def test_finished_output_wins_over_exit_code_and_one_run_per_directory(tmp_path):
+    from dnas.errors import DnasError
+    from dnas.reproduce.execute import _exclusive
+
+    jobs = plan(get_protocol("smoke"), [0])
+    res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs, killed_after_output={"darts1-s0"}), workers=2, quiet=True)
+    assert not res.failed and not res.blocked and "darts1-s0-pt" in res.done  # the output decides
+    with _exclusive(tmp_path):
+        with pytest.raises(DnasError, match="in use by another reproduce run"):
+            run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs), workers=1, quiet=True)
 
 
 def test_grid_of_each_protocol():

@@ -34,7 +34,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
         raise DnasError("--resume and --force exclude each other")
     if run.exists() and not run.is_dir():
         raise DnasError(f"{run} is a file, not a run directory")
-    exists = run.exists() and any(run.iterdir())
+    # Temporary files of an interrupted atomic write are not content (a kill can leave one behind).
+    exists = run.exists() and any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in run.iterdir())
     if resume:
         if not (run / CONFIG).exists():
             raise DnasError(f"{run}: nothing to resume (no {CONFIG})")

@@ -128,8 +128,11 @@ def accuracy_figure(search: Sequence[Mapping[str, Any]], tunes: Mapping[str, Seq
     return save(fig, path)
 
 
-def pt_decisions_figure(space: Space, decisions: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """For each PT op decision: validation accuracy with each op removed (the kept op in red)."""
+def pt_decisions_figure(space: Space, decisions: Sequence[Mapping[str, Any]], path: str | Path,
+                        criterion: str = "acc") -> Path:
+    """For each PT op decision: validation accuracy (or loss, with ``criterion="loss"``) with each op
+    removed, the kept op in red. Ops removed before the decision were not scored and are left out."""
+    loss = criterion == "loss"
     ops = [d for d in decisions if d.get("kind") == "op"]
     ncol = min(len(ops), 3) or 1
     nrow = max(1, math.ceil(len(ops) / ncol))
@@ -137,8 +140,8 @@ def pt_decisions_figure(space: Space, decisions: Sequence[Mapping[str, Any]], pa
     for i, d in enumerate(ops):
         ax = fig.add_subplot(nrow, ncol, i + 1)
         spec = space.cells[d["cell_type"]]
-        names = list(spec.ops[d["edge"]])
-        acc = [d["candidates"][n]["acc"] * 100 for n in names]
+        names = [n for n in spec.ops[d["edge"]] if n in d["candidates"]]
+        acc = [d["candidates"][n]["loss" if loss else "acc"] * (1 if loss else 100) for n in names]
         colors = ["tab:red" if n == d.get("chosen") else "tab:blue" for n in names]
         ax.bar(range(len(names)), acc, color=colors)
         lo = min(acc)
@@ -148,6 +151,7 @@ def pt_decisions_figure(space: Space, decisions: Sequence[Mapping[str, Any]], pa
         ct = "" if len(space.cells) == 1 else f"{d['cell_type']} "
         ax.set_title(f"#{i + 1}: {ct}edge {src}→{dst} (tune ep {d.get('epoch', '?')})", fontsize=8)
         if i % ncol == 0:
-            ax.set_ylabel("valid acc without op (%)", fontsize=7)
-    fig.suptitle("DARTS-PT decisions: lowest accuracy after removal = op kept (red)", fontsize=9)
+            ax.set_ylabel("valid loss without op" if loss else "valid acc without op (%)", fontsize=7)
+    fig.suptitle("DARTS-PT decisions: " + ("highest loss" if loss else "lowest accuracy")
+                 + " after removal = op kept (red)", fontsize=9)
     return save(fig, path)

@@ -34,9 +34,11 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, engine: 
     if rows:
         written.append(accuracy_figure(rows, tunes, out / "accuracy.png"))
     if (sel_dir / "pt.json").exists():
-        decisions = read_json(sel_dir / "pt.json").get("decisions", [])
+        pt = read_json(sel_dir / "pt.json")
+        decisions = pt.get("decisions", [])
         if any(d.get("kind") == "op" for d in decisions):
-            written.append(pt_decisions_figure(space, decisions, out / "pt_decisions.png"))
+            criterion = (pt.get("options") or {}).get("criterion", "acc")
+            written.append(pt_decisions_figure(space, decisions, out / "pt_decisions.png", criterion))
     for p in sorted(sel_dir.glob("*.json")) if sel_dir.is_dir() else []:
         d = read_json(p)
         if isinstance(d, dict) and d.get("genotype"):

@@ -104,6 +104,8 @@ def load_truth(path: str | Path | None, space: Space, arch_column: str | None = 
                acc_column: str | None = None) -> TruthTable:
     """Read a ground-truth CSV and parse every architecture with ``space``."""
     if path is None:
+        if space.family != "nb201":  # $DNAS_NB201_TABLE cannot describe another space
+            raise DnasError(f"{space.name} runs need a ground-truth table: pass --table PATH (e.g. the NB301 sample)")
         path = default_table_path()
         if path is None:
             raise DnasError(f"no ground-truth table: pass --table PATH (or set ${TABLE_ENV})")

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", help="comma-separated seeds (default: the protocol's)")
     p.add_argument("--workers", type=int, help="jobs at once (default: CPU cores; GPUs for GPU protocols; "
                                                 "with --ray the cluster's CPUs / threads)")
-    p.add_argument("--threads", type=int, help="torch threads per job (default: cores / workers; 1 with --ray)")
+    p.add_argument("--threads", type=int, dest="job_threads",
+                   help="torch threads per job (default: cores / workers; 1 with --ray); `dnas --threads N "
+                        "reproduce` means the same")
     p.add_argument("--ray", metavar="ADDRESS", help="run the jobs as Ray tasks on this cluster ('auto' or host:port; "
                                                     "needs pip install 'dnas[ray]' and a shared file system)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished jobs")
@@ -40,10 +42,13 @@ def parse_seeds(text: str | None) -> list[int] | None:
 
 def _run(a: argparse.Namespace) -> int:
     from ..reproduce import reproduce
-    r = reproduce(a.protocol, a.out, seeds=parse_seeds(a.seeds), workers=a.workers, threads=a.threads,
+    threads = a.job_threads if a.job_threads is not None else a.threads
+    r = reproduce(a.protocol, a.out, seeds=parse_seeds(a.seeds), workers=a.workers, threads=threads,
                   ray_address=a.ray, report_only=a.report_only, table=a.table, data_dir=a.data_dir,
                   device=a.device, quiet=a.quiet)
     jobs = r.report["jobs"]
     print(f"report: {a.out}/report.md ({len(jobs['done'])}/{jobs['total']} jobs finished, "
           f"{len(jobs['failed'])} failed)")
-    return 1 if jobs["failed"] else 0
+    if jobs["unfinished"] and not a.report_only:
+        print(f"unfinished: {', '.join(jobs['unfinished'])}")
+    return 1 if jobs["failed"] or (jobs["unfinished"] and not a.report_only) else 0

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             raise DnasError(f"--space {args.space} disagrees with the run's space {found['space']}")
         space, arch, source = found["space"], found["genotype"], found["source"]
         dataset = args.dataset or found["dataset"] or "cifar10"
+        if args.data_dir is None and dataset == found["dataset"]:  # the run's data, where the run read it
+            args.data_dir = found["data_dir"]
     else:
         if not args.space:
             raise DnasError("--space is required with --arch/--genotype")

@@ -170,7 +170,7 @@ def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str
         raise DnasError(f"{run}: selection {selection!r} has no genotype")
     genotype = space.from_json(obj)
     return {"space": space.name, "genotype": str(genotype), "dataset": config.get("dataset"),
-            "source": f"{run}" + (f":{selection}" if selection else "")}
+            "data_dir": config.get("data_dir"), "source": f"{run}" + (f":{selection}" if selection else "")}
 
 
 # -- one epoch ----------------------------------------------------------------------------------------------

@@ -107,7 +107,10 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
             pool = RayPool(ray_address, threads or 1, want_gpu=(device or proto.device) != "cpu")
             workers = workers or max(1, pool.cluster_cpus() // (threads or 1))
         else:
-            workers = workers or _default_workers(device or proto.device)
+            if workers is None:  # with --threads alone, as many workers as the cores hold (no oversubscription)
+                workers = _default_workers(device or proto.device)
+                if threads:
+                    workers = max(1, min(workers, (os.cpu_count() or 1) // threads))
             pool = LocalPool(threads or max(1, (os.cpu_count() or 1) // workers))
     if not (out / PROTOCOL_FILE).exists():
         out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,10 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import DnasError
 from ..io import atomic_write_json
@@ -92,10 +93,17 @@ class RayPool:
             raise DnasError("--ray needs Ray: pip install 'dnas[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
+            import signal
+            import threading
+            main_thread = threading.current_thread() is threading.main_thread()
+            handler = signal.getsignal(signal.SIGTERM) if main_thread else None
             try:
                 ray.init(address=address, log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise DnasError(f"cannot connect to the Ray cluster at {address!r} ({str(e).splitlines()[0]})") from None
+            finally:
+                if main_thread and handler is not None:  # ray.init installs its own; keep the CLI's clean stop
+                    signal.signal(signal.SIGTERM, handler)
         # one GPU per job when the protocol may use one and the cluster has any (else tasks would never start)
         gpus = 1.0 if want_gpu and ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         self.threads, self.gpus = threads, gpus
@@ -143,6 +151,29 @@ def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool
              say: Callable[[str], None] = print) -> Outcome:
     """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock."""
     out = Path(out)
+    with _exclusive(out):
+        return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
+
+
+@contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One ``reproduce`` per output directory at a time (a second would run jobs twice and race on them)."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DnasError(f"{out} is in use by another reproduce run (wait for it, or stop it first)") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool,
+              say: Callable[[str], None]) -> Outcome:
     by_name = {j.name: j for j in jobs}
     finished = {j.name for j in jobs if is_finished(out, j)}
     skipped = [j.name for j in jobs if j.name in finished]
@@ -183,7 +214,7 @@ def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool
                 break  # everything left is blocked
             for name, rc, why in pool.wait(timeout=5.0):
                 secs = time.time() - running.pop(name)
-                if rc == 0 and is_finished(out, by_name[name]):
+                if is_finished(out, by_name[name]):  # the output decides, not how the process ended
                     finished.add(name)
                     done.append(name)
                     log(f"done  {name} in {secs:.0f} s ({len(done) + len(failed)}/{total})")
