@@ -19,6 +19,7 @@ def run_cli(args, capsys):
 
 TINY = ["--dataset", "synthetic", "--epochs", "1", "--channels", "4", "--cells", "1", "--quiet"]
 NB201_ARCH = "|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|avg_pool_3x3~0|skip_connect~1|avg_pool_3x3~2|"
+TRAIN_NB201 = ["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a"]
 DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
               "('sep_conv_3x3', 2), ('skip_connect', 1), ('skip_connect', 1), ('skip_connect', 3)], "
               "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_3x3', 0), ('skip_connect', 1), ('skip_connect', 2), "
@@ -42,10 +43,8 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--option", "bogus=1"], "--option bogus: not used by mode darts1"),
     (["search", "--out", "{tmp}/a", "--mode", "prime", "--option", "admm_freq=5"], "admm_freq: not used"),
     (["search", "--out", "{tmp}/file.txt"], "is a file, not a run directory"),
-    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
-      "--layers", "0"], "--layers must be >= 1"),
-    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
-      "--channels", "0"], "--channels and --layers must be >= 1"),
+    ([*TRAIN_NB201, "--layers", "0"], "--layers must be >= 1"),
+    ([*TRAIN_NB201, "--channels", "0"], "--channels and --layers must be >= 1"),
     (["train", "--space", "darts", "--arch", DARTS_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
       "--channels", "5"], "even channel count"),
     (["train", "--space", "darts", "--arch", DARTS_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
@@ -55,12 +54,9 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["reproduce", "smoke", "--out", "{tmp}/file.txt"], "is not a directory"),
     (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/file.txt/cell.png"], "file.txt"),
     (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/cell.txt"], "cannot write a figure as .txt"),
-    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
-      "--momentum", "-1"], "--momentum must be in [0, 1)"),
-    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
-      "--lr", "nan"], "--lr must be a finite number"),
-    (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/a",
-      "--grad-clip", "inf"], "--grad-clip must be a finite number"),
+    ([*TRAIN_NB201, "--momentum", "-1"], "--momentum must be in [0, 1)"),
+    ([*TRAIN_NB201, "--lr", "nan"], "--lr must be a finite number"),
+    ([*TRAIN_NB201, "--grad-clip", "inf"], "--grad-clip must be a finite number"),
     (["--threads", "-3", "search", "--out", "{tmp}/a"], "--threads must be between"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
