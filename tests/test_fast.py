@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dnas.errors import DnasError
 from dnas.spaces import get_space
 from dnas.supernet import IMPLS, build_supernet, fast_ops
 
@@ -143,7 +144,7 @@ def test_node_bn_fast_equals_reference_and_normalises_every_node(monkeypatch):
     ref.train()
     ref(x)
     assert seen and float(seen[0].detach().mean(dim=(0, 2, 3)).abs().max()) < 1e-8  # the last node is normalised too
-    with pytest.raises(Exception, match="DARTS-space option"):
+    with pytest.raises(DnasError, match="--node-bn is a DARTS-space option"):
         build_supernet(get_space("nb201"), channels=4, cells=1, node_bn=True)
 
 

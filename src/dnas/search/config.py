@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import DnasError
 from ..spaces import get_space
-from ..supernet import check_resolution
+from ..supernet import check_node_bn, check_resolution
 
 
 @dataclass
@@ -72,5 +72,4 @@ class SearchConfig:
         if not 0.0 < self.train_portion < 1.0:
             raise DnasError(f"train portion must be in (0, 1), got {self.train_portion}")
         check_resolution(self.resolution)
-        if self.node_bn and get_space(self.space).family != "darts":
-            raise DnasError(f"--node-bn is a DARTS-space option (DARTS-PRIME's search network), not for {self.space}")
+        check_node_bn(get_space(self.space), self.node_bn)

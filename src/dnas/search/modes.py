@@ -25,7 +25,6 @@ class Mode:
     # adjusts config fields from config.options once the CLI has applied defaults and options (e.g. a split)
     configure: Callable[[SearchConfig], None] | None = None
 
-
     def defaults_for(self, space: str) -> dict[str, Any]:
         """The paper defaults of this mode on ``space`` (some papers tune per space)."""
         from ..spaces import get_space
@@ -123,13 +122,13 @@ def _with_activation(recipe_fn: Callable[[SearchConfig], Recipe]) -> Callable[[S
     return build
 
 
-register_mode(Mode("darts1", _with_activation(lambda c: Recipe(FirstOrder(), EveryStep())),
-                   "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
 def _second_order(c: SearchConfig) -> Recipe:
     from .variants import opt_float
     return Recipe(SecondOrder(opt_float(c.options, "fd_r", 0.01, positive=True)), EveryStep())
 
 
+register_mode(Mode("darts1", _with_activation(lambda c: Recipe(FirstOrder(), EveryStep())),
+                   "DARTS first order: α step on a valid batch, then w step, every mini-batch"))
 register_mode(Mode("darts2", _with_activation(_second_order),
                    "DARTS second order (unrolled w, finite-difference Hessian-vector product; option fd_r=0.01)"))
 register_mode(Mode("fixed", lambda c: Recipe(NoArchUpdate(), Never()),

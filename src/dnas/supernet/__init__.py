@@ -33,13 +33,11 @@ def build_supernet(space: Space, *, channels: int = 16, cells: int | None = None
         raise DnasError(f"--cells must be >= 1, got {cells}")
     if space.family == "darts" and channels % 2:
         raise DnasError(f"DARTS-space supernets need an even channel count (FactorizedReduce), got {channels}")
-    if node_bn and space.family != "darts":
-        raise DnasError(f"node BN is a DARTS-space option (DARTS-PRIME's network), not for {space.name}")
+    check_node_bn(space, node_bn)
     arch = arch or ArchState(space, activation)
     if impl not in IMPLS:
         raise DnasError(f"unknown supernet implementation {impl!r} (known: {', '.join(IMPLS)})")
-    extra = {"node_bn": True} if node_bn else {}
-    return IMPLS[impl](space, arch, channels, cells, num_classes, in_channels, **extra)
+    return IMPLS[impl](space, arch, channels, cells, num_classes, in_channels, node_bn=node_bn)
 
 
 def _reference(space: Space, arch: ArchState, channels: int, cells: int, num_classes: int,
@@ -57,6 +55,12 @@ def check_resolution(resolution: int | None) -> None:
     paths only agree on even sizes (NB201's residual reductions, DARTS's FactorizedReduce)."""
     if resolution is not None and (resolution < 4 or resolution % 4):
         raise DnasError(f"--resolution must be a multiple of 4 (the networks halve the map twice), got {resolution}")
+
+
+def check_node_bn(space: Space, node_bn: bool) -> None:
+    """Node BN is DARTS-PRIME's change to the DARTS-space cell; NB201 cells have no such option."""
+    if node_bn and space.family != "darts":
+        raise DnasError(f"--node-bn is a DARTS-space option (DARTS-PRIME's search network), not for {space.name}")
 
 
 def weight_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -84,4 +88,4 @@ def frozen_weights(params: list[nn.Parameter]) -> Iterator[None]:
 
 
 __all__ = ["ACTIVATIONS", "ArchState", "DEFAULT_CELLS", "DartsSupernet", "IMPLS", "Nb201Network", "Nb201Supernet",
-           "build_supernet", "check_resolution", "frozen_weights", "weight_parameters"]
+           "build_supernet", "check_node_bn", "check_resolution", "frozen_weights", "weight_parameters"]
