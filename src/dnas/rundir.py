@@ -133,6 +133,12 @@ def read_result(run: str | Path) -> dict[str, Any]:
     return result
 
 
+def require_finished(run: str | Path) -> None:
+    """Results computed from a search (selections, rankings) must describe its final supernet."""
+    if not read_result(run).get("finished"):
+        raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
+
+
 def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into result.json (``selections`` is merged per method)."""
     result = read_result(run)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DnasError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_json
-from ..rundir import read_result
+from ..rundir import require_finished
 from ..spaces import Genotype, Space
 from . import metrics as M
 from ._json import jsonable
@@ -222,8 +222,7 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
     run_dir = Path(run_dir)
     out = run_dir / "analysis"
     run = open_run(run_dir, device=device)
-    if not read_result(run_dir).get("finished"):  # records must describe the final supernet
-        raise DnasError(f"{run_dir}: its search has not finished; complete it with `dnas search ... --resume` first")
+    require_finished(run_dir)
     table = load_truth(settings.table, run.space, settings.arch_column, settings.acc_column)
     todo, population = candidates(table, samples=settings.samples, seed=settings.seed,
                                   archs_file=settings.archs_file)

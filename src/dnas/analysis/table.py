@@ -8,9 +8,9 @@ node) find the same row.
 from __future__ import annotations
 
 import csv
-import math
 import gzip
 import io
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -41,7 +41,7 @@ def _threads(args: argparse.Namespace) -> int:
     except ValueError:
         raise DnasError(f"DNAS_THREADS must be a whole number, got {raw!r}") from None
     if not 0 <= threads <= 4096:
-        raise DnasError(f"--threads must be between 1 and 4096, got {threads}")
+        raise DnasError(f"--threads must be between 0 (torch's default) and 4096, got {threads}")
     return threads
 
 

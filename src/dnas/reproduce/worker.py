@@ -35,11 +35,11 @@ def run_job(job_dir: Path, spec: dict[str, Any]) -> Any:
     from ..select.run import ground_truth_hook, run_selection, select_without_run
     kind = spec["kind"]
     if kind == "search":
-        from ..search import SearchConfig, run_search
-        from ..search.modes import make_config
-        fields = {k: v for k, v in SearchConfig.from_json(spec["config"]).to_json().items() if k != "mode"}
-        fields["arch_betas"] = tuple(fields["arch_betas"])
-        cfg = make_config(spec["config"].get("mode", "darts1"), **fields)  # planned by make_config; as saved
+        import dataclasses
+
+        from ..search import SearchConfig, make_config, run_search
+        saved = SearchConfig.from_json(spec["config"])  # planned by make_config: rebuilding it changes nothing
+        cfg = make_config(saved.mode, **{k: v for k, v in dataclasses.asdict(saved).items() if k != "mode"})
         run = job_dir / RUN
         cfg.out = str(run)
         resume = (run / "config.json").exists()

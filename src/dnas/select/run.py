@@ -132,12 +132,11 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
                   quiet: bool = False, device: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run one selector on a search run; writes selections/<method>.json and updates result.json."""
     from ..search import open_run
-    from ..rundir import read_result
+    from ..rundir import require_finished
     m = get_method(method)
     run_dir = Path(run_dir)
     run = open_run(run_dir, device=device)
-    if not read_result(run_dir).get("finished"):  # a selection must not outlive the supernet it describes
-        raise DnasError(f"{run_dir}: its search has not finished; complete it with `dnas search ... --resume` first")
+    require_finished(run_dir)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
     ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
