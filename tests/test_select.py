@@ -397,6 +397,23 @@ def test_zeros_with_a_run_uses_its_shapes_not_its_weights():
         select("zeros", run, space="darts")
 
 
+def test_zeros_with_a_node_bn_run_scores_that_network(monkeypatch):
+    built = []
+    real = zeros_mod.build_supernet
+
+    def spy(*args, **kw):
+        model = real(*args, **kw)
+        built.append(sum(1 for n, _ in model.named_modules() if "node_bns" in n))
+        return model
+
+    monkeypatch.setattr(zeros_mod, "build_supernet", spy)
+    run = trained(tiny_config("s5", subset=64, node_bn=True))
+    sel = select("zeros", run, rounds=1)
+    assert sel.options["node_bn"] is True and built and built[-1] > 0
+    assert select("zeros", None, space="s5", channels=4, cells=3, resolution=8, rounds=1).options["node_bn"] is False
+    assert built[-1] == 0
+
+
 # -- CLI ---------------------------------------------------------------------------------------------
 def test_cli_select_without_run(tmp_path, capsys):
     out = tmp_path / "z.json"
@@ -407,6 +424,16 @@ def test_cli_select_without_run(tmp_path, capsys):
     assert cli_main(["select", "--method", "pt", "--space", "nb201"]) == 2
     assert "needs a search run" in capsys.readouterr().err
     assert cli_main(["select", "--method", "zeros", "--space", "nb201", "--option", "rounds"]) == 2
+    capsys.readouterr()
+    # An existing --out file is kept unless --force; a directory is never a valid --out.
+    zeros_tiny = ["select", "--method", "zeros", "--space", "nb201", "--option", "channels=4", "--option", "cells=1",
+                  "--option", "resolution=8", "--quiet", "--out"]
+    out.write_text("thesis")
+    assert cli_main(zeros_tiny + [str(out)]) == 2
+    assert "--force" in capsys.readouterr().err and out.read_text() == "thesis"
+    assert cli_main(zeros_tiny + [str(tmp_path)]) == 2
+    assert cli_main(zeros_tiny + [str(out), "--force"]) == 0
+    assert json.loads(out.read_text())["method"] == "zeros"
 
 
 def test_cli_search_then_select(tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from ..errors import DnasError
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. proj_intv=5, criterion=loss, progressive=true; repeatable")
     p.add_argument("--resume", action="store_true", help="continue an interrupted progressive selection (pt, ostr)")
-    p.add_argument("--force", action="store_true", help="start over, discarding an interrupted selection")
+    p.add_argument("--force", action="store_true",
+                   help="start over, discarding an interrupted selection; without RUN: overwrite --out")
     p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
     p.add_argument("--out", help="without RUN: also write the selection JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -51,8 +53,12 @@ def _run(a: argparse.Namespace) -> int:
         entry = run_selection(a.run, a.method, options=options, resume=a.resume, quiet=a.quiet, device=a.device,
                               force=a.force)
     else:
-        if a.resume or a.force:
-            raise DnasError("--resume and --force need a run directory")
+        if a.resume:
+            raise DnasError("--resume needs a run directory")
+        if a.force and not a.out:
+            raise DnasError("--force needs a run directory or --out")
+        if a.out and Path(a.out).exists() and (Path(a.out).is_dir() or not a.force):
+            raise DnasError(f"{a.out} exists" + ("" if Path(a.out).is_dir() else "; pass --force to overwrite it"))
         if a.space:
             options["space"] = a.space
         if a.device:

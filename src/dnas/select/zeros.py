@@ -60,13 +60,17 @@ CHOICES = {"dtype": ("float64", "float32"), "bn_mode": ("auto", "train", "eval")
 
 
 def init_supernet(space: Space, *, channels: int, cells: int, num_classes: int, in_channels: int,
-                  dtype: torch.dtype, seed: int, abs_alpha: bool, device: torch.device | str = "cpu") -> nn.Module:
-    """The supernet at init with linear α, every float state tensor replaced by its absolute value."""
+                  dtype: torch.dtype, seed: int, abs_alpha: bool, device: torch.device | str = "cpu",
+                  node_bn: bool = False) -> nn.Module:
+    """The supernet at init with linear α, every float state tensor replaced by its absolute value.
+
+    ``node_bn``: the run's network has a BN on every node (DARTS-PRIME's), so score that network."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         arch = ArchState(space, "linear")
         model = build_supernet(space, channels=channels, cells=cells, num_classes=num_classes,
-                               in_channels=in_channels, activation="linear", arch=arch, impl="reference")
+                               in_channels=in_channels, activation="linear", arch=arch, impl="reference",
+                               node_bn=node_bn)
     model = model.to(device=device, dtype=dtype)
     with torch.no_grad():
         signed = {ct: a.detach().clone() for ct, a in arch.alphas.items()}
@@ -151,6 +155,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
         space = run.space
         sizes = {"channels": run.config.channels, "cells": run.config.cells,
                  "num_classes": run.dataset.num_classes, "in_channels": run.dataset.channels}
+        node_bn = run.config.node_bn
         resolution, device = int(run.dataset.images.shape[-1]), run.device
         seed = run.config.seed if opts["seed"] is None else int(opts["seed"])
     else:
@@ -167,6 +172,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
         from ..rundir import resolve_device
         device = resolve_device(opts["device"])
         seed = 0 if opts["seed"] is None else int(opts["seed"])
+        node_bn = False
     num_ops = next(iter(space.cells.values())).num_ops
     rounds = positive_int("zeros", "rounds", max(1, num_ops - 1) if opts["rounds"] is None else opts["rounds"])
     if rounds > max(1, num_ops - 1):
@@ -178,7 +184,8 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     passes = 0
     modes = {"auto": (True, False), "train": (True,), "eval": (False,)}[opts["bn_mode"]]
     for bn_train in modes:
-        model = init_supernet(space, dtype=dtype, seed=seed, abs_alpha=abs_alpha, device=device, **sizes)
+        model = init_supernet(space, dtype=dtype, seed=seed, abs_alpha=abs_alpha, device=device, node_bn=node_bn,
+                              **sizes)
         scores, log = iterative_prune(model, resolution, sizes["in_channels"], rounds=rounds, bn_train=bn_train,
                                       seed=seed)
         passes += len(log) + (scores is None)
@@ -190,7 +197,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     rank, shown = _final(model, scores)
     genotype = space.discretize(rank)
     used = {**opts, **sizes, "space": space.name, "resolution": resolution, "rounds": rounds, "seed": seed,
-            "abs_alpha": abs_alpha, "bn_mode_used": "train" if bn_train else "eval", "device": str(device)}
+            "abs_alpha": abs_alpha, "node_bn": node_bn, "bn_mode_used": "train" if bn_train else "eval", "device": str(device)}
     return Selection(method="zeros", space=space.name, genotype=genotype,
                      scores={ct: s.tolist() for ct, s in shown.items()}, decisions=log,
                      cost={"seconds": time.time() - t0, "forward_passes": passes, "finetune_epochs": 0}, options=used)
