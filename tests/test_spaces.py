@@ -67,6 +67,18 @@ def test_darts_rejects(edit, why):
         DARTS.parse(edit(DARTS_V2))
 
 
+@pytest.mark.parametrize("text, why", [
+    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat={[1]: 2}"), "not a literal"),  # TypeError
+    (DARTS_V2.replace("normal_concat=[2, 3, 4, 5]", "normal_concat={1, [2]}"), "not a literal"),
+    ("Genotype(normal=" + "-" * 100_000 + "1)", "cannot parse"),  # MemoryError / RecursionError in ast.parse
+    ('{"normal": ' + "[" * 100_000 + "]" * 100_000 + "}", "invalid JSON"),  # RecursionError in json
+])
+def test_darts_malformed_text_is_a_dnas_error(text, why):
+    """Whatever the text, parsing fails with a DnasError (one line and exit code 2 in the CLI), never a traceback."""
+    with pytest.raises(DnasError, match=why):
+        DARTS.parse(text)
+
+
 def test_space_specific_validation():
     # S2 only has skip_connect and sep_conv_3x3: DARTS-V2 uses other ops
     with pytest.raises(DnasError, match="not a candidate"):

@@ -63,9 +63,11 @@ class DartsGenotype:
                 return cls.from_json(json.loads(text))
             except json.JSONDecodeError as e:
                 raise DnasError(f"DARTS genotype: invalid JSON ({e.msg})") from None
+            except RecursionError:
+                raise DnasError("DARTS genotype: invalid JSON (nested too deeply)") from None
         try:
             tree = ast.parse(text, mode="eval").body
-        except SyntaxError:
+        except (SyntaxError, ValueError, MemoryError, RecursionError):  # the last two: expressions nested too deeply
             raise DnasError(f"DARTS genotype: cannot parse {text[:60]!r}...") from None
         if not (isinstance(tree, ast.Call) and isinstance(tree.func, ast.Name) and tree.func.id == "Genotype"):
             raise DnasError("DARTS genotype must look like Genotype(normal=[...], normal_concat=[...], reduce=[...], "
@@ -123,7 +125,7 @@ def _literal(node: ast.AST, name: str | None) -> Any:
         return list(range(*args))
     try:
         return ast.literal_eval(node)
-    except ValueError:
+    except (ValueError, TypeError, MemoryError, RecursionError):  # TypeError: e.g. {[1]: 2}, an unhashable key
         raise DnasError(f"DARTS genotype: field {name} is not a literal") from None
 
 
