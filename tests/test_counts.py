@@ -116,3 +116,13 @@ def test_counts_for_every_space(one_thread):
     # By hand: noise has no parameters, and the skips it replaces are parameter-free except the four
     # stride-2 ones of each reduction cell (C=16 then 32), FactorizedReduce with C² + 2C each.
     assert round((c["params_M"] - s4["params_M"]) * 1e6) == 4 * (16 ** 2 + 2 * 16) + 4 * (32 ** 2 + 2 * 32) == 5504
+
+
+def test_counts_never_allocate_the_network():
+    """Counting needs only shapes: a network of ~10^11 parameters (400 GB in fp32) is counted, not built.
+    NB201 parameters grow as C²: C = 16 has 1,073,466 (the table's figure), the 3x3 / 1x1 convs 9C² / C²."""
+    g = get_space("nb201").parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|")
+    small = network_counts(get_space("nb201"), g)
+    assert small["params_M"] == 1.073466
+    huge = network_counts(get_space("nb201"), g, channels=16 * 300)
+    assert huge["params_M"] > 300 ** 2 * 0.9 * small["params_M"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from ..errors import DnasError
@@ -43,13 +44,15 @@ def network_counts(space: Space, genotype: Any, *, channels: int | None = None, 
     """Parameter and FLOP counts (millions) of ``genotype``'s network on ``resolution`` x ``resolution`` inputs.
 
     ``params_M`` excludes an auxiliary head; for the DARTS spaces ``params_with_aux_M`` includes it and
-    ``madds_M`` gives conv + linear multiply-adds only (the FLOPs most DARTS papers report).
+    ``madds_M`` gives conv + linear multiply-adds only (the FLOPs most DARTS papers report). The network
+    is built on the meta device: counting needs only shapes, so no size allocates memory.
     """
     c0, l0 = DEFAULT_SIZE[space.family]
     channels, layers = channels or c0, layers or l0
     darts = space.family == "darts"
-    model = build_network(space, genotype, num_classes=num_classes, in_channels=in_channels, channels=channels,
-                          layers=layers, auxiliary=darts)
+    with torch.device("meta"):
+        model = build_network(space, genotype, num_classes=num_classes, in_channels=in_channels,
+                              channels=channels, layers=layers, auxiliary=darts)
     shape = (1, in_channels, resolution, resolution)
     out: dict[str, Any] = {"channels": channels, "layers": layers, "num_classes": num_classes,
                            "resolution": resolution, "params_M": round(count_params(model) / 1e6, 6)}
