@@ -402,6 +402,27 @@ def test_cifar_errors(tmp_path):
     assert "data_batch_2" in _one_line_error(lambda: load_dataset("cifar10", "train", data_dir=py))
 
 
+
+def test_shard_with_garbled_inner_header_is_corrupt(tmp_path):
+    """A tar garbled or cut before gzip (so the gzip CRC holds) must not silently drop the later samples."""
+    import gzip
+
+    data = tmp_path / "data"
+    _write_shards(data)
+    shard = data / "cifar10-test-000000.tar.gz"
+    raw = bytearray(gzip.decompress(shard.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tf:
+        third = [m.offset for m in tf][2]  # the header of test_000001.jpg
+    garbled = bytearray(raw)
+    garbled[third + 100] ^= 0xFF  # its mode field: the header checksum no longer matches
+    shard.write_bytes(gzip.compress(bytes(garbled)))
+    assert "corrupt shard" in _one_line_error(lambda: load_dataset("cifar10", "test", data_dir=data))
+    shard.write_bytes(gzip.compress(bytes(raw[:third])))  # a tar cut at a member boundary, then gzipped
+    assert "corrupt shard" in _one_line_error(lambda: load_dataset("cifar10", "test", data_dir=data))
+    shard.write_bytes(gzip.compress(bytes(raw)))  # the intact archive still reads
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [0, 1, 2, 3]
+
+
 def test_download_cifar_file_url(tmp_path):
     src = tmp_path / "src"
     _write_python_cifar10(src)
@@ -423,6 +444,27 @@ def test_download_cifar_file_url(tmp_path):
     assert "download" in _one_line_error(lambda: download_cifar("cifar10", tmp_path / "r2", url="file:///does/not/exist"))
     with pytest.raises(DnasError):
         download_cifar("cifar7", root)
+
+
+def test_download_broken_off_is_one_line(tmp_path, monkeypatch):
+    """A chunked HTTP response that breaks off raises http.client.IncompleteRead (not an OSError)."""
+    import http.client
+    import urllib.request
+
+    class Broken:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self, n=-1):
+            raise http.client.IncompleteRead(b"", 10)
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: Broken())
+    msg = _one_line_error(lambda: download_svhn(tmp_path, ("test",), url="http://mirror.invalid/"))
+    assert "download" in msg and "IncompleteRead" in msg
+    assert list(tmp_path.iterdir()) == []  # no leftovers
 
 
 def _write_svhn(folder: Path, split: str, n: int, labels=None) -> np.ndarray:
@@ -472,6 +514,18 @@ def test_download_svhn_file_url(tmp_path):
     assert download_svhn(root, ("test",), url="file:///does/not/exist") == root  # already there: no fetch
     assert "download" in _one_line_error(lambda: download_svhn(tmp_path / "r2", ("test",), url="file:///nope"))
     assert "unknown split" in _one_line_error(lambda: download_svhn(root, ("extra",)))
+
+
+def test_downloaded_files_follow_the_umask(tmp_path):
+    """fetch writes through a mkstemp file (mode 0600); the dataset file it leaves must not stay owner-only."""
+    from dnas.io import _UMASK
+
+    mirror = tmp_path / "mirror"
+    _write_svhn(mirror, "test", 3)
+    md5 = hashlib.md5((mirror / "test_32x32.mat").read_bytes()).hexdigest()
+    download_svhn(tmp_path / "root", ("test",), url=mirror.as_uri(), md5={"test": md5})
+    mode = (tmp_path / "root" / "test_32x32.mat").stat().st_mode & 0o777
+    assert mode == 0o666 & ~_UMASK
 
 
 @pytest.mark.skipif(not REAL_CIFAR.is_dir(), reason="shared CIFAR-10 shards not present")

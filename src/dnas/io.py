@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import torch
 
@@ -22,7 +22,8 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Call ``write`` on a binary temp file next to ``path``, then rename it into place (removed on any error)."""
     path = Path(path)
     if path.is_dir():  # say so about the user's path, not about the temporary file next to it
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
@@ -44,7 +45,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -56,7 +57,7 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    _atomic(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def read_json(path: str | Path) -> Any:

@@ -179,6 +179,12 @@ def read_shard(name: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
                         images[key] = np.asarray(im.convert("RGB"))
                 else:
                     labels[key] = int(b.decode("ascii").strip())
+            # tarfile also stops without a word at a garbled or missing header after the first one, so the
+            # rest of the archive would be dropped: past the last member there must be zero blocks only.
+            if raw[tf.offset:].strip(b"\0"):
+                raise tarfile.ReadError(f"unreadable tar header at byte {tf.offset}")
+            if len(raw) - tf.offset < tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"tar ends at byte {tf.offset} without its end-of-archive blocks")
     # tarfile/gzip/zlib/Pillow errors for truncated or garbled files (OSError covers BadGzipFile and
     # UnidentifiedImageError; ValueError covers a non-numeric .cls).
     except (tarfile.TarError, OSError, EOFError, zlib.error, ValueError, SyntaxError) as e:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
-import tempfile
 import urllib.request
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import DnasError
+from ..io import atomic_write
 
 
 def one_line(e: BaseException) -> str:
@@ -38,20 +40,21 @@ def file_md5(path: Path) -> str:
 
 def fetch(name: str, url: str, md5: str, target: Path) -> None:
     """Download `url` to a temp file next to `target`, check its md5, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
+
+    def download(out: BinaryIO) -> None:
         h = hashlib.md5(usedforsecurity=False)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+        with urllib.request.urlopen(url, timeout=60) as resp:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)
         if h.hexdigest() != md5:
             raise DnasError(f"{name}: md5 mismatch for {url}: got {h.hexdigest()}, expected {md5}")
-        os.replace(tmp, target)
+
+    try:
+        atomic_write(target, download)
     except DnasError:
         raise
-    except (OSError, ValueError) as e:  # URLError is an OSError; ValueError: malformed URL
+    # URLError is an OSError; ValueError: malformed URL; HTTPException: e.g. IncompleteRead when a chunked
+    # response breaks off (a Content-Length response that breaks off just ends early: the md5 catches it).
+    except (OSError, ValueError, http.client.HTTPException) as e:
         raise DnasError(f"{name}: download of {url} failed ({one_line(e)})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
