@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from dnas.errors import DnasError
 from dnas.evaluate import DartsNetwork, build_network, count_flops, count_params, network_counts
 from dnas.spaces import DartsGenotype, Nb201Genotype, get_space
 from dnas.supernet import Nb201Network
@@ -126,3 +127,26 @@ def test_counts_never_allocate_the_network():
     assert small["params_M"] == 1.073466
     huge = network_counts(get_space("nb201"), g, channels=16 * 300)
     assert huge["params_M"] > 300 ** 2 * 0.9 * small["params_M"]
+
+
+@pytest.mark.parametrize("size", [{"channels": 0}, {"layers": 0}])
+def test_zero_sizes_are_refused_not_replaced_by_the_defaults(size):
+    space = get_space("nb201")
+    g = space.parse("|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_1x1~2|")
+    with pytest.raises(DnasError, match="impossible network size"):
+        build_network(space, g, **size)
+    with pytest.raises(DnasError, match="impossible network size"):
+        network_counts(space, g, resolution=8, **size)
+
+
+@pytest.mark.parametrize("resolution", [0, 2, 6])
+def test_counts_refuse_an_input_size_the_networks_cannot_take(resolution):
+    space = get_space("s2")
+    g = space.parse("Genotype(normal=[('skip_connect', 0), ('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 1), "
+                    "('skip_connect', 1), ('skip_connect', 0), ('skip_connect', 0), ('skip_connect', 2)], "
+                    "normal_concat=[2, 3, 4, 5], reduce=[('skip_connect', 0), ('skip_connect', 1), ('skip_connect', 2), "
+                    "('skip_connect', 1), ('skip_connect', 0), ('skip_connect', 2), ('skip_connect', 2), "
+                    "('skip_connect', 1)], reduce_concat=[2, 3, 4, 5])")
+    with pytest.raises(DnasError, match="resolution must be a multiple of 4"):
+        network_counts(space, g, channels=4, layers=3, resolution=resolution)
+    assert network_counts(space, g, channels=4, layers=3, resolution=8)["flops_M"] > 0

@@ -290,3 +290,12 @@ def test_alpha_step_when_no_alpha_reaches_the_loss(mode):
     batch = next(iter(run.train.epoch(0)))
     s.arch_step(batch, batch)
     assert torch.equal(arch.alphas["cell"], before)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_build_supernet_refuses_an_arch_state_of_another_space(impl):
+    # S2's (skip, sep3) supernet mixed by S4's (noise, sep3) α would compute skip while magnitude names noise.
+    with pytest.raises(DnasError, match="ArchState is for space s4"):
+        build_supernet(get_space("s2"), channels=4, cells=3, arch=ArchState(get_space("s4")), impl=impl)
+    arch = ArchState(get_space("s2"))
+    assert build_supernet(get_space("s2"), channels=4, cells=3, arch=arch, impl=impl).arch is arch

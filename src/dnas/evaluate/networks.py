@@ -8,12 +8,18 @@ import torch.nn as nn
 
 from ..errors import DnasError
 from ..spaces import DartsGenotype, Nb201Genotype, Space
-from ..supernet import Nb201Network
+from ..supernet import Nb201Network, check_resolution
 from .counts import count_flops, count_params
 from .darts_net import DartsNetwork
 
 # Default (channels, layers) per space family: NB201's C=16, N=5 cells per stage; DARTS's 20 cells, C=36.
 DEFAULT_SIZE = {"nb201": (16, 5), "darts": (36, 20)}
+
+
+def _size(space: Space, channels: int | None, layers: int | None) -> tuple[int, int]:
+    """The family's default for what is None (not for 0: a zero size is refused, not replaced)."""
+    c0, l0 = DEFAULT_SIZE[space.family]
+    return c0 if channels is None else channels, l0 if layers is None else layers
 
 
 def build_network(space: Space, genotype: Any, *, num_classes: int = 10, in_channels: int = 3,
@@ -25,8 +31,7 @@ def build_network(space: Space, genotype: Any, *, num_classes: int = 10, in_chan
     auxiliary head; ``op_affine=False`` drops the affine BN parameters of the DARTS cell ops (NB301's count).
     """
     genotype = space.validate(genotype)
-    c0, l0 = DEFAULT_SIZE[space.family]
-    channels, layers = channels or c0, layers or l0
+    channels, layers = _size(space, channels, layers)
     if channels < 1 or layers < 1 or num_classes < 2:
         raise DnasError(f"impossible network size: channels={channels}, layers={layers}, classes={num_classes}")
     if space.family == "nb201":
@@ -47,8 +52,8 @@ def network_counts(space: Space, genotype: Any, *, channels: int | None = None, 
     ``madds_M`` gives conv + linear multiply-adds only (the FLOPs most DARTS papers report). The network
     is built on the meta device: counting needs only shapes, so no size allocates memory.
     """
-    c0, l0 = DEFAULT_SIZE[space.family]
-    channels, layers = channels or c0, layers or l0
+    check_resolution(resolution)  # the networks halve the map twice: a bad size fails deep inside conv2d
+    channels, layers = _size(space, channels, layers)
     darts = space.family == "darts"
     with torch.device("meta"):
         model = build_network(space, genotype, num_classes=num_classes, in_channels=in_channels,

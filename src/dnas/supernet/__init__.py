@@ -34,6 +34,8 @@ def build_supernet(space: Space, *, channels: int = 16, cells: int | None = None
     if space.family == "darts" and channels % 2:
         raise DnasError(f"DARTS-space supernets need an even channel count (FactorizedReduce), got {channels}")
     check_node_bn(space, node_bn)
+    if arch is not None and arch.space != space:  # its α columns would weight another op list
+        raise DnasError(f"the ArchState is for space {arch.space.name}, the supernet for {space.name}")
     arch = arch or ArchState(space, activation)
     if impl not in IMPLS:
         raise DnasError(f"unknown supernet implementation {impl!r} (known: {', '.join(IMPLS)})")
