@@ -299,3 +299,16 @@ def test_build_supernet_refuses_an_arch_state_of_another_space(impl):
         build_supernet(get_space("s2"), channels=4, cells=3, arch=ArchState(get_space("s4")), impl=impl)
     arch = ArchState(get_space("s2"))
     assert build_supernet(get_space("s2"), channels=4, cells=3, arch=arch, impl=impl).arch is arch
+
+
+def test_run_search_writes_nothing_to_stdout_and_reports_epochs_to_a_callback(tmp_path, capsys):
+    from dnas.cli import main as cli_main
+    records = []
+    run_search(tiny(tmp_path / "lib", epochs=2), on_epoch=records.append)  # not quiet: progress bar only
+    assert capsys.readouterr().out == ""
+    assert [r["epoch"] for r in records] == [0, 1] and all("genotype" in r and "train_acc" in r for r in records)
+    # the CLI still prints one line per epoch, then the result
+    assert cli_main(["search", "--dataset", "synthetic", "--channels", "4", "--cells", "1", "--epochs", "1",
+                     "--out", str(tmp_path / "cli")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("epoch 1/1 train_acc=") and json.loads(lines[-1])["space"] == "nb201"

@@ -78,12 +78,21 @@ def _check_table(space: str) -> None:
         open_benchmark()
 
 
+def _epoch_line(epochs: int):
+    def say(r: dict) -> None:
+        acc = f" valid_acc={r['valid_acc']:.4f}" if "valid_acc" in r else ""
+        print(f"epoch {r['epoch'] + 1}/{epochs} train_acc={r['train_acc']:.4f}{acc} ({r['seconds']:.1f}s) "
+              f"{r['genotype']}", flush=True)
+    return say
+
+
 def _run(a: argparse.Namespace) -> int:
     from ..select.run import ground_truth_hook, parse_methods, run_selections
     cfg = config_from_args(a)
     methods = parse_methods(a.select)
     _check_table(cfg.space)
-    result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook())
+    result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook(),
+                        on_epoch=None if a.quiet else _epoch_line(cfg.epochs))
     if methods:
         result = run_selections(cfg.out, methods, resume=a.resume, quiet=a.quiet)
     print(json.dumps({"run": cfg.out, "space": result["space"], "genotype": result["genotype"],

@@ -90,8 +90,13 @@ def alpha_snapshot(model: nn.Module) -> dict[str, list[list[float]]]:
 
 
 def run_search(config: SearchConfig, *, resume: bool = False, force: bool = False, quiet: bool = False,
-               on_selection: SelectionHook | None = None) -> dict[str, Any]:
-    """Train a supernet in ``config.out`` and select by magnitude. Returns result.json's content."""
+               on_selection: SelectionHook | None = None,
+               on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train a supernet in ``config.out`` and select by magnitude. Returns result.json's content.
+
+    ``quiet`` hides the progress bar (stderr); ``on_epoch(record)`` gets each epoch's metrics.jsonl record
+    once it is saved (the CLI prints a line from it; the library itself writes nothing to stdout).
+    """
     if not config.out:
         raise DnasError("an output run directory is required (--out RUN)")
     config.check()
@@ -120,10 +125,8 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         log_metrics(out, record)
         tb_log(out, record, epoch, "search")
         save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
-        if not quiet:
-            acc = f" valid_acc={m['valid_acc']:.4f}" if "valid_acc" in m else ""
-            print(f"epoch {epoch + 1}/{config.epochs} train_acc={m['train_acc']:.4f}{acc} "
-                  f"({m['seconds']:.1f}s) {genotype}", flush=True)
+        if on_epoch is not None:
+            on_epoch(record)
     sel = select_magnitude(run.model.arch)
     entry = sel.to_json()
     if on_selection is not None:
