@@ -450,3 +450,17 @@ def test_cli_search_then_select(tmp_path, capsys):
     assert set(result["selections"]) == {"magnitude", "ostr", "zeros", "pt"}
     saved = json.loads((run / "selections" / "pt.json").read_text())
     assert saved["genotype"] == line["genotype"] and len(saved["decisions"]) == 6
+
+
+@pytest.mark.parametrize("seed", ["abc", 1.5, True])
+def test_seed_options_must_be_whole_numbers(seed):
+    from types import SimpleNamespace
+    from dnas.select.progressive import SCHEDULE_DEFAULTS, Schedule
+    from dnas.select.run import select_without_run
+    with pytest.raises(DnasError, match="seed must be a whole number"):
+        select_without_run("zeros", options={"space": "nb201", "channels": 2, "cells": 1, "resolution": 8,
+                                             "seed": seed})
+    run = SimpleNamespace(config=SimpleNamespace(w_lr=0.025, seed=0))
+    with pytest.raises(DnasError, match="seed must be a whole number"):
+        Schedule.from_options("pt", {**SCHEDULE_DEFAULTS, "seed": seed}, run)
+    assert Schedule.from_options("pt", {**SCHEDULE_DEFAULTS, "seed": 7}, run).seed == 7

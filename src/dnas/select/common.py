@@ -42,6 +42,15 @@ def positive_int(method: str, key: str, value: Any, allow_none: bool = False) ->
     return value
 
 
+def seed_option(method: str, value: Any, default: int) -> int:
+    """A seed option: ``default`` when None, else a whole number (a float or text would be cut or crash later)."""
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DnasError(f"{method}: option seed must be a whole number, got {value!r}")
+    return value
+
+
 def positive_float(method: str, key: str, value: Any, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
         return None

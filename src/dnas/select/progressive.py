@@ -36,7 +36,7 @@ from ..rundir import CHECKPOINT, load_checkpoint, log_metrics, truncate_metrics
 from ..spaces import Space
 from ..spaces.darts import NODE_EDGES
 from ..search import cosine_lr
-from .common import positive_float, positive_int
+from .common import positive_float, positive_int, seed_option
 
 if TYPE_CHECKING:
     from ..search import SearchRun
@@ -72,7 +72,7 @@ class Schedule:
                    lr=run.config.w_lr / 10 if lr is None else lr, lr_schedule=opts["lr_schedule"],
                    reset_arch_optimizer=bool(opts["reset_arch_optimizer"]),
                    sdarts_epsilon=positive_float(method, "sdarts_epsilon", opts["sdarts_epsilon"]),
-                   seed=run.config.seed if opts["seed"] is None else int(opts["seed"]))
+                   seed=seed_option(method, opts["seed"], run.config.seed))
 
 
 @dataclass(frozen=True)

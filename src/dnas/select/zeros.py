@@ -31,7 +31,7 @@ from ..errors import DnasError
 from ..spaces import Space, get_space
 from ..supernet import ArchState, build_supernet
 from .base import Selection
-from .common import frozen_buffers, method_options, positive_int
+from .common import frozen_buffers, method_options, positive_int, seed_option
 from .run import Method, register_method
 
 if TYPE_CHECKING:
@@ -157,7 +157,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
                  "num_classes": run.dataset.num_classes, "in_channels": run.dataset.channels}
         node_bn = run.config.node_bn
         resolution, device = int(run.dataset.images.shape[-1]), run.device
-        seed = run.config.seed if opts["seed"] is None else int(opts["seed"])
+        seed = seed_option("zeros", opts["seed"], run.config.seed)
     else:
         if opts["space"] is None:
             raise DnasError("zeros without a run directory needs --space")
@@ -171,7 +171,7 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
         resolution = positive_int("zeros", "resolution", opts["resolution"])
         from ..rundir import resolve_device
         device = resolve_device(opts["device"])
-        seed = 0 if opts["seed"] is None else int(opts["seed"])
+        seed = seed_option("zeros", opts["seed"], 0)
         node_bn = False
     num_ops = next(iter(space.cells.values())).num_ops
     rounds = positive_int("zeros", "rounds", max(1, num_ops - 1) if opts["rounds"] is None else opts["rounds"])
