@@ -372,3 +372,15 @@ def test_iterative_pruning_scores_become_elimination_order(tmp_path):
     order = np.argsort(m["zeros"]["scores"]["cell"][0])
     assert [NB201_OPS[k] for k in order] == ["none", "nor_conv_1x1", "avg_pool_3x3", "nor_conv_3x3", "skip_connect"]
     assert np.allclose(m["zeros_round0"]["scores"]["cell"], r0)
+
+
+def test_evaluate_genotype_refuses_a_genotype_of_another_space():
+    # An S4 cell (noise, sep3) scored on an S2 supernet (skip, sep3) would silently measure skip_connect.
+    from dnas.spaces import S2, S4
+    net = build_supernet(S2, channels=4, cells=3)
+    g = S4.parse(str(S2.discretize({ct: torch.zeros(14, 2) for ct in S2.cell_types})).replace("skip_connect", "noise"))
+    batch = [(torch.randn(4, 3, 8, 8), torch.randint(0, 10, (4,)))]
+    with pytest.raises(DnasError, match="s4 genotype cannot be evaluated on a s2 supernet"):
+        evaluate_genotype(net, S4, g, valid=batch, recalibration=None)
+    assert 0 <= evaluate_genotype(net, S2, S2.parse(str(g).replace("noise", "skip_connect")), valid=batch,
+                                  recalibration=None).acc <= 1

@@ -91,6 +91,8 @@ class ArchEval:
 def evaluate_genotype(model: nn.Module, space: Space, genotype: Genotype, *, valid: Iterable[Batch],
                       recalibration: Callable[[], Iterable[Batch]] | None) -> ArchEval:
     """Accuracy of one architecture with inherited weights; the supernet is left exactly as it was."""
+    if space != model.arch.space:  # the mask's columns would name another op list than the supernet computes
+        raise DnasError(f"a {space.name} genotype cannot be evaluated on a {model.arch.space.name} supernet")
     t0 = time.time()
     device = next(iter(model.arch.parameters())).device
     weights = {ct: m.to(device) for ct, m in space.genotype_mask(genotype).items()}
