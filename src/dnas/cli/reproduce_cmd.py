@@ -45,7 +45,7 @@ def _run(a: argparse.Namespace) -> int:
     threads = a.job_threads if a.job_threads is not None else a.threads
     r = reproduce(a.protocol, a.out, seeds=parse_seeds(a.seeds), workers=a.workers, threads=threads,
                   ray_address=a.ray, report_only=a.report_only, table=a.table, data_dir=a.data_dir,
-                  device=a.device, quiet=a.quiet)
+                  device=a.device, quiet=a.quiet, say=print)
     jobs = r.report["jobs"]
     print(f"report: {a.out}/report.md ({len(jobs['done'])}/{jobs['total']} jobs finished, "
           f"{len(jobs['failed'])} failed)")

@@ -80,8 +80,9 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
               workers: int | None = None, threads: int | None = None, ray_address: str | None = None,
               report_only: bool = False, table: str | None = None, data_dir: str | None = None,
               device: str | None = None, quiet: bool = False,
-              say: Callable[[str], None] = print) -> Reproduction:
-    """Run (or resume) a protocol's grid in ``out`` and write its report."""
+              say: Callable[[str], None] = lambda msg: None) -> Reproduction:
+    """Run (or resume) a protocol's grid in ``out`` and write its report. ``say`` gets the progress lines
+    (the CLI passes ``print``; the library itself writes nothing to stdout)."""
     proto = get_protocol(protocol) if isinstance(protocol, str) else protocol
     seeds = list(proto.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):

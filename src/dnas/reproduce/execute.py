@@ -148,7 +148,7 @@ class Outcome:
 
 
 def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool = False,
-             say: Callable[[str], None] = print) -> Outcome:
+             say: Callable[[str], None] = lambda msg: None) -> Outcome:
     """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock."""
     out = Path(out)
     with _exclusive(out):
