@@ -208,3 +208,21 @@ def test_train_cli(tmp_path, capsys):
     assert main(args) == 2  # exists
     err = capsys.readouterr().err
     assert "already exists" in err
+
+
+def test_train_resume_after_the_last_checkpoint_keeps_its_final_metrics(tmp_path):
+    """Killed after the last epoch's checkpoint, before result.json: the resumed result is the same."""
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **TINY_NB201)
+    straight = train_network(cfg, tmp_path / "a")
+
+    def stop_after_last(record: dict) -> None:
+        if record["epoch"] == cfg.epochs - 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_network(cfg, tmp_path / "b", callback=stop_after_last)
+    assert not (tmp_path / "b" / "result.json").exists()
+    resumed = train_network(cfg, tmp_path / "b", resume=True)
+    for key in ("train_acc", "train_loss", "test_acc", "test_loss"):
+        assert resumed[key] == straight[key], key
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")

@@ -34,9 +34,9 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError
-from ..io import read_json
-from ..rundir import (CHECKPOINT, CONFIG, RESULT, load_checkpoint, log_metrics, prepare_run_dir, read_result,
-                      rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
+from ..io import read_json, read_jsonl
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
+                      read_result, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
                       update_result)
 from ..spaces import get_space
 from ..supernet import check_resolution
@@ -318,6 +318,7 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
                                 nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay)
 
     start, elapsed = 0, 0.0
+    record: dict[str, Any] = {}
     if resume and (run / CHECKPOINT).exists():
         state = load_checkpoint(run)
         if "model" not in state or "optimizer" not in state:
@@ -333,6 +334,9 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
             torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank, start))
         if ctx.is_main:
             truncate_metrics(run, start)
+            # the last finished epoch's line: the result of a run stopped after its last checkpoint reports it
+            rows = list(read_jsonl(run / METRICS)) if (run / METRICS).exists() else []
+            record = rows[-1] if rows else {}
     elif resume and ctx.is_main:  # stopped before the first checkpoint: its metric lines are redone
         truncate_metrics(run, 0)
 
@@ -345,7 +349,6 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     quiet = config.quiet or not ctx.is_main
     bar = tqdm(total=(config.epochs - start) * len(train_loader), desc=f"train {space.name}", disable=quiet,
                dynamic_ncols=True)
-    record: dict[str, Any] = {}
     last_test: dict[str, float] | None = None
     try:
         for epoch in range(start, config.epochs):
