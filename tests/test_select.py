@@ -464,3 +464,41 @@ def test_seed_options_must_be_whole_numbers(seed):
     with pytest.raises(DnasError, match="seed must be a whole number"):
         Schedule.from_options("pt", {**SCHEDULE_DEFAULTS, "seed": seed}, run)
     assert Schedule.from_options("pt", {**SCHEDULE_DEFAULTS, "seed": 7}, run).seed == 7
+
+
+def test_resumed_selectors_skip_the_finished_ones(tmp_path, monkeypatch):
+    """`dnas search --select pt,zeros --resume` after a kill in zeros must not redo PT (hours at paper scale),
+    and puts a finished selection back in result.json if the kill came before result.json took it."""
+    from dnas.select.run import METHODS, Method, run_selections
+    run = tmp_path / "run"
+    run_search(tiny_config(out=str(run)), quiet=True)
+    real = {name: get_method(name) for name in ("pt", "zeros")}
+    calls = {"pt": 0, "zeros": 0}
+    failing = {"zeros"}
+
+    class Killed(Exception):
+        pass
+
+    def counted(name):
+        def fn(r, ctx):
+            calls[name] += 1
+            if name in failing:
+                raise Killed
+            return real[name].fn(r, ctx)
+        return Method(name, fn, real[name].needs_run)
+
+    for name in real:
+        monkeypatch.setitem(METHODS, name, counted(name))
+    pt_opts = {"pt": {"proj_intv": 1, "max_batches": 1}}
+    with pytest.raises(Killed):
+        run_selections(run, ["pt", "zeros"], quiet=True, options=pt_opts)
+    result = json.loads((run / "result.json").read_text())
+    result["selections"].pop("pt")  # as if killed between selections/pt.json and result.json
+    (run / "result.json").write_text(json.dumps(result))
+    failing.clear()
+    done = run_selections(run, ["pt", "zeros"], resume=True, quiet=True, options=pt_opts)
+    assert calls == {"pt": 1, "zeros": 2} and {"pt", "zeros"} <= set(done["selections"])
+    assert done["selections"]["pt"]["genotype"] == json.loads((run / "selections" / "pt.json").read_text())["genotype"]
+    # asked with other options than the saved selection's: it runs again
+    run_selections(run, ["pt"], resume=True, quiet=True, options={"pt": {"proj_intv": 2, "max_batches": 1}})
+    assert calls["pt"] == 2

@@ -141,8 +141,8 @@ def check_config(cfg: TrainConfig) -> None:
     check_resolution(cfg.resolution)
     side = cfg.resolution or native_resolution(cfg.dataset)
     if darts and cfg.auxiliary_weight > 0 and not auxiliary_fits(side):
-        raise DnasError(f"--auxiliary-weight {cfg.auxiliary_weight}: DARTS's auxiliary head needs 32, 36 or 40 px inputs, "
-                        f"got {side} px; pass --auxiliary-weight 0")
+        raise DnasError(f"--auxiliary-weight {cfg.auxiliary_weight}: DARTS's auxiliary head needs 32, 36 or 40 px "
+                        f"inputs, got {side} px; pass --auxiliary-weight 0")
 
 
 def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str, Any]:

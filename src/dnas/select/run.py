@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import DnasError
-from ..io import atomic_torch_save, atomic_write_json, torch_load
+from ..io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from ..rundir import update_result
 from ..spaces import Space
 from .base import Selection
@@ -141,14 +141,32 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
         raise DnasError("--resume and --force exclude each other")
     ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
     sel = m.fn(run, ctx)
-    entry = sel.to_json()
+    entry = {**sel.to_json(), "requested_options": dict(options or {})}
     hook = ground_truth_hook()
     if hook is not None:
         entry.update(hook(run.space, sel))
     atomic_write_json(run_dir / "selections" / f"{method}.json", entry)
     ctx.clear_state()
-    update_result(run_dir, selections={method: {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+    _record(run_dir, method, entry)
     return entry
+
+
+def _record(run_dir: Path, method: str, entry: dict[str, Any]) -> None:
+    update_result(run_dir, selections={method: {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+
+
+def finished_selection(run_dir: str | Path, method: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The saved selection of ``method`` if it finished with the same requested options, else None.
+
+    An interrupted one (its checkpoint is still there) or one asked with other options does not count.
+    """
+    sel_dir = Path(run_dir) / "selections"
+    path = sel_dir / f"{method}.json"
+    if not path.exists() or (sel_dir / f"{method}.ckpt.pt").exists():
+        return None
+    entry = read_json(path)
+    ok = isinstance(entry, dict) and entry.get("requested_options") == dict(options or {})
+    return entry if ok else None
 
 
 def select_without_run(method: str, *, options: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -168,7 +186,14 @@ def select_without_run(method: str, *, options: dict[str, Any] | None = None, qu
 
 def run_selections(run_dir: str | Path, methods: list[str], *, resume: bool = False, quiet: bool = False,
                    options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run several selectors in turn. With ``resume``, a selector that already finished with the same options
+    is not run again (a search + selectors run killed during its last selector redoes only that one)."""
     from ..rundir import read_result
     for method in methods:
-        run_selection(run_dir, method, options=(options or {}).get(method), resume=resume, quiet=quiet)
+        opts = (options or {}).get(method)
+        done = finished_selection(run_dir, method, opts) if resume else None
+        if done is not None:
+            _record(Path(run_dir), method, done)  # it may have been killed before result.json was updated
+            continue
+        run_selection(run_dir, method, options=opts, resume=resume, quiet=quiet)
     return read_result(run_dir)
