@@ -57,6 +57,11 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     ([*TRAIN_NB201, "--momentum", "-1"], "--momentum must be in [0, 1)"),
     ([*TRAIN_NB201, "--lr", "nan"], "--lr must be a finite number"),
     ([*TRAIN_NB201, "--grad-clip", "inf"], "--grad-clip must be a finite number"),
+    (["search", "--out", "{tmp}/a", "--lr", "0"], "--lr must be a finite number > 0"),
+    (["search", "--out", "{tmp}/a", "--arch-lr", "nan"], "--arch-lr must be a finite number > 0"),
+    (["search", "--out", "{tmp}/a", "--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    (["search", "--out", "{tmp}/a", "--train-portion", "1"], "train portion must be in (0, 1)"),
+    (["search", "--out", "{tmp}/a", "--mode", "prime", "--train-portion", "0.5"], "sets train_portion itself"),
     (["--threads", "-3", "search", "--out", "{tmp}/a"], "--threads must be between"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
@@ -179,3 +184,26 @@ def test_bad_threads_variable_and_bad_table_fail_up_front(tmp_path, capsys, monk
     monkeypatch.setenv("DNAS_NB201_TABLE", str(bad))
     code, _, err = run_cli(["search", "--out", str(tmp_path / "a"), *TINY], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "a").exists()
+
+
+def test_search_cli_exposes_the_optimiser_and_split_settings():
+    """The search recipe's hyper-parameters (method notes §0.4) can be set from the command line; unset
+    ones keep the mode's paper defaults."""
+    from dnas.cli import build_parser
+    from dnas.cli.search_cmd import config_from_args
+
+    parse = build_parser().parse_args
+    cfg = config_from_args(parse(["search", "--out", "x"]))
+    assert (cfg.w_lr, cfg.w_lr_min, cfg.w_momentum, cfg.w_nesterov, cfg.w_wd, cfg.grad_clip, cfg.arch_lr,
+            cfg.arch_wd, cfg.train_portion, cfg.eval_every) == (0.025, 0.001, 0.9, False, 3e-4, 5.0, 3e-4, 1e-3,
+                                                                0.5, 1)
+    cfg = config_from_args(parse(["search", "--out", "x", "--lr", "0.05", "--lr-min", "0", "--momentum", "0.8",
+                                  "--nesterov", "--weight-decay", "1e-4", "--grad-clip", "0", "--arch-lr", "6e-4",
+                                  "--arch-weight-decay", "0", "--train-portion", "0.8", "--eval-every", "0"]))
+    assert (cfg.w_lr, cfg.w_lr_min, cfg.w_momentum, cfg.w_nesterov, cfg.w_wd, cfg.grad_clip, cfg.arch_lr,
+            cfg.arch_wd, cfg.train_portion, cfg.eval_every) == (0.05, 0.0, 0.8, True, 1e-4, 0.0, 6e-4, 0.0, 0.8, 0)
+    cfg = config_from_args(parse(["search", "--out", "x", "--mode", "spos", "--lr", "0.2"]))
+    assert cfg.w_lr == 0.2 and cfg.w_nesterov  # the user's value over SPOS's, SPOS's others kept
+    cfg = config_from_args(parse(["search", "--out", "x", "--mode", "prime", "--option", "prime_split=false",
+                                  "--train-portion", "0.7"]))
+    assert cfg.train_portion == 0.7

@@ -321,6 +321,20 @@ def test_ostr_is_the_first_order_loss_increase():
     assert all(float(s[r, none]) == 0.0 for r in range(6))
 
 
+def test_ostr_weighted_option_drops_the_mixing_weight():
+    """weighted=false: S(e,o) = -∂L/∂w_eo (no p_{e,o} factor), i.e. the weighted score divided by w_eo."""
+    run = trained(tiny_config(space="nb201", epochs=1, cells=2))
+    model, loader = reference_model(run), scoring_loader(run)
+    s = operation_strength(model, loader, max_batches=2)[0]["cell"]
+    bare = operation_strength(model, loader, max_batches=2, weighted=False)[0]["cell"]
+    w = model.arch.weights("cell").detach().double().cpu()
+    assert torch.allclose(bare * w, s, rtol=1e-6, atol=1e-12) and not torch.allclose(bare, s)
+    sel = select("ostr", run, weighted=False, batches=2)
+    assert sel.options["weighted"] is False
+    assert torch.allclose(torch.tensor(sel.scores["cell"], dtype=torch.float64), bare, rtol=1e-6, atol=1e-12)
+    assert select("ostr", run, batches=2).options["weighted"] is True
+
+
 def test_ostr_darts_space_one_shot_and_progressive_nb201():
     run = trained(tiny_config("darts", subset=64))
     sel = select("ostr", run, batches=1)

@@ -62,7 +62,8 @@ def test_prime_schedule_averages_one_arch_step_per_schedfreq_w_steps():
         sched.observe_fisher(7.3)
     assert abs(steps - 200) <= 3  # equilibrium: p·(−10) + (1 − p) = 0 -> p = 1/11 of the mini-batches
     fixed = PrimeSchedule(schedfreq=4, dynamic=False)
-    assert [fixed.decide(s) for s in range(9)] == [True, False, False, False, True, False, False, False, True]
+    # the code's ``(step + 1) % schedfreq == 0``: the first α step comes before the schedfreq-th w step
+    assert [fixed.decide(s) for s in range(9)] == [False, False, False, True, False, False, False, True, False]
     assert not fixed.needs_fisher and sched.needs_fisher
 
 
@@ -413,6 +414,10 @@ def test_mode_defaults_need_make_config_and_depend_on_the_space(tmp_path):
     nb, darts = make_config("spos"), make_config("spos", space="darts")
     assert (nb.batch_size, nb.w_lr, nb.w_lr_min, nb.w_nesterov, nb.w_wd, nb.lr_per_step) == (256, 0.1, 0.0, True, 5e-4, True)
     assert (darts.batch_size, darts.w_lr, darts.w_lr_min, darts.w_nesterov, darts.w_wd) == (128, 0.025, 0.0, False, 3e-4)
+    # the paper code's README trains every supernet for 1000 epochs; its DARTS config's supernet is 20 cells, C=36
+    assert (nb.epochs, nb.grad_clip, nb.channels, nb.cells) == (1000, 5.0, 16, None)
+    assert (darts.epochs, darts.grad_clip, darts.channels, darts.cells) == (1000, 5.0, 36, 20)
+    assert make_config("spos", space="darts", channels=8, cells=3).cells == 3
     assert make_config("spos", space="s2", w_lr=0.05).w_lr == 0.05  # the user's setting wins
     with pytest.raises(DnasError, match=r"make_config\('spos'"):
         run_search(tiny(tmp_path / "bare", mode="spos"), quiet=True)
@@ -440,3 +445,20 @@ def test_per_step_cosine_follows_the_mini_batches(monkeypatch):
         s.train_epoch(epoch)
     assert seen == pytest.approx([cosine_lr(t, cfg.epochs * n, 0.1, 0.0) for t in range(cfg.epochs * n)])
     assert n > 1 and seen[1] < seen[0]
+
+
+def test_nb201_searches_default_to_darts_pt_100_epochs():
+    """darts-pt trains its NB201 supernets for 100 epochs (DARTS-PT projects from epoch 100); the DARTS
+    spaces keep DARTS's 50. A user's value and a mode's own default win."""
+    from dnas.cli import build_parser
+    from dnas.cli.search_cmd import config_from_args
+    from dnas.search.modes import make_config
+
+    for mode in ("darts1", "darts2", "fixed", "sdarts-rs"):
+        assert make_config(mode).epochs == 100 and make_config(mode, space="nb201").epochs == 100
+        assert make_config(mode, space="darts").epochs == 50 and make_config(mode, space="s3").epochs == 50
+    assert make_config("darts1", epochs=7).epochs == 7
+    parse = build_parser().parse_args
+    assert config_from_args(parse(["search", "--out", "x", "--dataset", "cifar10"])).epochs == 100
+    assert config_from_args(parse(["search", "--out", "x", "--dataset", "cifar10", "--space", "s5"])).epochs == 50
+    assert config_from_args(parse(["search", "--out", "x"])).epochs == 20  # the small built-in set's supernet

@@ -27,6 +27,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", type=int, help="use N training images (class-balanced, seeded)")
     p.add_argument("--resolution", type=int, help="resize images to R x R")
     p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
+    g = p.add_argument_group("optimiser and split (default: the mode's paper settings; see README)")
+    for flag, typ, what in (("--lr", float, "w: initial SGD learning rate (0.025)"),
+                            ("--lr-min", float, "w: final cosine learning rate (0.001)"),
+                            ("--momentum", float, "w: SGD momentum (0.9)"),
+                            ("--weight-decay", float, "w: weight decay (3e-4)"),
+                            ("--grad-clip", float, "w: gradient-norm clip, 0 = off (5)"),
+                            ("--arch-lr", float, "α: Adam learning rate (3e-4)"),
+                            ("--arch-weight-decay", float, "α: Adam weight decay (1e-3)"),
+                            ("--train-portion", float,
+                             "share of the training set for w, the rest for α (0.5; prime: 1 - 1/(1+schedfreq) "
+                             "unless --option prime_split=false)"),
+                            ("--eval-every", int, "accuracy on the α split every k epochs, 0 = never (1)")):
+        g.add_argument(flag, type=typ, help=what)
+    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="w: Nesterov momentum (off; spos on NB201: on)")
     p.add_argument("--activation", help="mixing-weight activation: softmax (default), sigmoid, crb")
     p.add_argument("--impl", help="supernet implementation: fast (default) or reference (the per-op loop)")
     p.add_argument("--node-bn", action=argparse.BooleanOptionalAction, default=None,
@@ -54,6 +69,13 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
     for name in ("epochs", "batch_size", "channels", "cells", "subset", "resolution", "activation", "impl",
                  "node_bn"):
         v = getattr(a, name)
+        if v is not None:
+            fields[name] = v
+    for flag, name in (("lr", "w_lr"), ("lr_min", "w_lr_min"), ("momentum", "w_momentum"), ("weight_decay", "w_wd"),
+                       ("nesterov", "w_nesterov"), ("grad_clip", "grad_clip"), ("arch_lr", "arch_lr"),
+                       ("arch_weight_decay", "arch_wd"), ("train_portion", "train_portion"),
+                       ("eval_every", "eval_every")):
+        v = getattr(a, flag)
         if v is not None:
             fields[name] = v
     options: dict = {}

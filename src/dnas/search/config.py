@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,7 @@ class SearchConfig:
     dataset: str = "digits"
     data_dir: str | None = None
     out: str | None = None
-    epochs: int = 50
+    epochs: int = 50                   # make_config / the CLI: 100 on NB201 (darts-pt), see modes.FAMILY_DEFAULTS
     batch_size: int = 64
     channels: int = 16
     cells: int | None = None           # None: the space's default (NB201 N=5; DARTS 8 layers)
@@ -69,6 +70,20 @@ class SearchConfig:
                 raise DnasError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.cells is not None and self.cells < 1:
             raise DnasError(f"--cells must be >= 1, got {self.cells}")
+        for name, flag in (("w_lr", "lr"), ("arch_lr", "arch-lr")):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise DnasError(f"--{flag} must be a finite number > 0, got {v}")
+        if not (math.isfinite(self.w_lr_min) and 0 <= self.w_lr_min <= self.w_lr):
+            raise DnasError(f"--lr-min must be a finite number in [0, --lr], got {self.w_lr_min}")
+        if not 0 <= self.w_momentum < 1:
+            raise DnasError(f"--momentum must be in [0, 1), got {self.w_momentum}")
+        for name, flag in (("w_wd", "weight-decay"), ("arch_wd", "arch-weight-decay"), ("grad_clip", "grad-clip")):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise DnasError(f"--{flag} must be a finite number >= 0, got {v}")
+        if self.eval_every < 0:
+            raise DnasError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         if not 0.0 < self.train_portion < 1.0:
             raise DnasError(f"train portion must be in (0, 1), got {self.train_portion}")
         check_resolution(self.resolution)

@@ -81,19 +81,32 @@ def check_unused_options(m: Mode, config: SearchConfig) -> None:
                         f"({m.description})")
 
 
+# Per space family, under every mode's own defaults: darts-pt trains its NB201 supernets for 100 epochs
+# (``nasbench201/train_search.py --epochs 100``; DARTS-PT projects from ``--resume_epoch 100``), its DARTS-space
+# ones for 50 (SearchConfig's default).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {"nb201": {"epochs": 100}}
+
+
 def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
-    """A SearchConfig for ``mode``: the mode's paper defaults, then ``fields``, then the mode's own checks
-    and derived settings (e.g. DARTS-PRIME's dynamic split). The library's way to get what the CLI gets."""
+    """A SearchConfig for ``mode``: the space family's defaults (NB201: 100 epochs), the mode's paper
+    defaults, then ``fields``, then the mode's own checks and derived settings (e.g. DARTS-PRIME's dynamic
+    split). The library's way to get what the CLI gets."""
+    from ..spaces import get_space
     m = get_mode(mode)
     config = SearchConfig(mode=mode)
     for k in fields:
         if not hasattr(config, k):
             raise DnasError(f"unknown search setting {k!r}")
-    for k, v in {**m.defaults_for(fields.get("space", config.space)), **fields}.items():
+    space = fields.get("space", config.space)
+    for k, v in {**FAMILY_DEFAULTS.get(get_space(space).family, {}), **m.defaults_for(space), **fields}.items():
         setattr(config, k, v)
     check_unused_options(m, config)
     if m.configure is not None:
         m.configure(config)
+        overridden = [k for k, v in fields.items() if getattr(config, k) != v]
+        if overridden:  # e.g. prime's dynamic split over a train_portion the user asked for
+            raise DnasError(f"mode {mode!r} sets {', '.join(overridden)} itself; see its options "
+                            f"({m.description})")
     config._mode_applied = mode  # run_search checks it (a plain SearchConfig(mode=...) misses the defaults)
     return config
 

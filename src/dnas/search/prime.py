@@ -3,8 +3,9 @@
 - Dynamic informed schedule: after each w backward (before clipping) FI = Σ‖∂L/∂w‖², smoothed by an
   EWMA (0.2). At the start of each mini-batch an α step happens when 0 < FI_ewma < thr, and then
   thr ← thr·1.05^(−schedfreq); otherwise thr ← thr·1.05. thr starts at 1. Without ``prime_dynamic``
-  an α step happens every ``schedfreq`` w steps (counted over the run; the code restarts the count
-  each epoch, which differs only when an epoch's batch count is not a multiple of schedfreq).
+  an α step happens every ``schedfreq`` w steps, before the k-th, 2k-th, ... one (the code's
+  ``(step + 1) % schedfreq == 0``; counted over the run, while the code restarts the count each epoch,
+  which differs only when an epoch's batch count is not a multiple of schedfreq).
 - Dynamic split: w trains on 1 − 1/(1+schedfreq) of the training set (10/11), α on the rest.
 - Proximity: the α loss gains (t/T)·(ρ/2)·‖act(α) − D(act(α))‖_F per cell type, t/T the fractional
   epoch over the total, D the space's standard discretisation as a detached 0/1 mask (DARTS: best
@@ -58,7 +59,7 @@ class PrimeSchedule(ArchSchedule):
     def decide(self, step: int) -> bool:
         """One decision at the start of a mini-batch; ``step`` = w steps done so far."""
         if not self.dynamic:
-            return step % int(self.schedfreq) == 0
+            return (step + 1) % int(self.schedfreq) == 0
         if 0.0 < self.fi_ewma < self.threshold:
             self.threshold *= self.divider
             return True

@@ -276,11 +276,14 @@ def build_spos(config: SearchConfig) -> Recipe:
 
 
 # -- registration -----------------------------------------------------------------------------------------
-# The weight-sharing analysis paper's configs (configs/nb201.py, configs/darts.py); its trainer steps the
-# cosine schedule after every mini-batch.
-SPOS_DEFAULTS = {"batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "w_momentum": 0.9, "w_nesterov": True,
-                 "w_wd": 5e-4, "grad_clip": 5.0, "train_portion": 0.5, "lr_per_step": True}
-SPOS_DARTS_DEFAULTS = {"batch_size": 128, "w_lr": 0.025, "w_nesterov": False, "w_wd": 3e-4}
+# The weight-sharing analysis paper's configs (configs/nb201.py, configs/darts.py) with its README's
+# training commands on top (``--grad_clip 5 --epochs 1000``; the configs alone say 0 and 200 / 600 epochs);
+# its trainer steps the cosine schedule after every mini-batch. DARTS spaces: the config's 20-cell, C=36
+# supernet (its auxiliary head, cutout and drop-path are not part of dnas's supernets).
+SPOS_DEFAULTS = {"epochs": 1000, "batch_size": 256, "w_lr": 0.1, "w_lr_min": 0.0, "w_momentum": 0.9,
+                 "w_nesterov": True, "w_wd": 5e-4, "grad_clip": 5.0, "train_portion": 0.5, "lr_per_step": True}
+SPOS_DARTS_DEFAULTS = {"batch_size": 128, "w_lr": 0.025, "w_nesterov": False, "w_wd": 3e-4, "channels": 36,
+                       "cells": 20}
 
 def check_options(config: SearchConfig) -> None:
     """Mode ``configure`` hook: build the recipe once so a bad option fails before a run directory exists."""

@@ -21,10 +21,13 @@ then keep the two inputs per node whose op scores highest (the standard DARTS ru
 ``include_none=true`` lets ``none`` (S = 0) win an NB201 edge where removing every other op would
 lower the loss; that was this module's first reading, and on the nb201-cpu supernets it chose
 ``none`` for all three inputs of the output node on every seed (a cell that computes nothing).
-Options: ``abs=true`` uses |Σ_cells <...>| per batch (the usual Taylor-pruning magnitude; the spec's
-reconstruction puts the absolute value inside the expectation); ``progressive=true`` fixes one edge at
-a time with DARTS-PT's fine-tuning schedule (``progressive.py``), scoring the supernet as it is at each
-decision; topology then keeps, per node, the two inputs whose chosen op has the largest S.
+Options: ``weighted=false`` drops the mixing weight from the score, S(e, o) = -Σ_cells <∂L/∂m̄, o(x)>
+(= -∂L/∂w_{e,o}, the loss gradient of o's mixing weight; whether the paper's score includes p_{e,o} is
+one of the open choices the method notes list); ``abs=true`` uses |Σ_cells <...>| per batch (the usual
+Taylor-pruning magnitude; the spec's reconstruction puts the absolute value inside the expectation);
+``progressive=true`` fixes one edge at a time with DARTS-PT's fine-tuning schedule (``progressive.py``),
+scoring the supernet as it is at each decision; topology then keeps, per node, the two inputs whose
+chosen op has the largest S.
 """
 from __future__ import annotations
 
@@ -51,18 +54,22 @@ DEFAULTS: dict[str, Any] = {
     "batches": None,            # None: the whole validation split
     "eval_batch_size": None,    # None: the search batch size
     "abs": False,
+    "weighted": True,           # S includes the mixing weight w_{e,o} (False: the bare inner product)
     "bn_mode": "eval",
     "progressive": False,
     "include_none": False,      # NB201: may ``none`` be chosen (it scores 0)?
     **SCHEDULE_DEFAULTS,        # progressive only, as pt
 }
-CHOICES = {**SCHEDULE_CHOICES, "abs": (True, False), "bn_mode": ("train", "eval"), "progressive": (True, False),
-           "include_none": (True, False)}
+CHOICES = {**SCHEDULE_CHOICES, "abs": (True, False), "weighted": (True, False), "bn_mode": ("train", "eval"),
+           "progressive": (True, False), "include_none": (True, False)}
 
 
 def operation_strength(model: nn.Module, loader: BatchLoader, *, bn_train: bool = False,
-                       max_batches: int | None = None, absolute: bool = False) -> tuple[dict[str, torch.Tensor], int]:
-    """S per cell type (edges x ops, float64 on the CPU) and the number of forward+backward passes."""
+                       max_batches: int | None = None, absolute: bool = False,
+                       weighted: bool = True) -> tuple[dict[str, torch.Tensor], int]:
+    """S per cell type (edges x ops, float64 on the CPU) and the number of forward+backward passes.
+
+    ``weighted=False`` leaves out the mixing weight w_{e,o} (ops with weight 0 are not computed and score 0)."""
     arch = model.arch
     sites = mixed_sites(model)
     op_out: dict[tuple[int, int], torch.Tensor] = {}
@@ -98,7 +105,8 @@ def operation_strength(model: nn.Module, loader: BatchLoader, *, bn_train: bool 
                     ct, e, mixed = sites[s]
                     if s not in grads or mixed.names[k] == "none":
                         continue  # ``none`` is never computed; an edge that does not reach the loss scores 0
-                    batch[ct][e, k] -= float((grads[s].detach() * out.detach()).sum().double()) * weights[ct][e, k]
+                    inner = float((grads[s].detach() * out.detach()).sum().double())
+                    batch[ct][e, k] -= inner * weights[ct][e, k] if weighted else inner
                 for ct in total:
                     total[ct] += (batch[ct].abs() if absolute else batch[ct]) * len(y)
                 seen += len(y)
@@ -119,7 +127,8 @@ class OstrDecider:
 
     def _scores(self, ct: str) -> torch.Tensor:
         s, n = operation_strength(self.model, self.loader, bn_train=self.opts["bn_mode"] == "train",
-                                  max_batches=self.opts["batches"], absolute=self.opts["abs"])
+                                  max_batches=self.opts["batches"], absolute=self.opts["abs"],
+                                  weighted=self.opts["weighted"])
         self.forward_passes += n
         return s[ct]
 
@@ -183,7 +192,7 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     if opts["progressive"]:
         schedule = Schedule.from_options("ostr", opts, run)
         ref_run = dataclasses.replace(run, model=model)  # tune the model that the hooks see
-        shaping = {k: opts[k] for k in ("batches", "eval_batch_size", "abs", "bn_mode", "include_none")}
+        shaping = {k: opts[k] for k in ("batches", "eval_batch_size", "abs", "weighted", "bn_mode", "include_none")}
         result = run_progressive(ref_run, ctx, lambda: OstrDecider(model, loader, opts), schedule, shaping)
         with torch.no_grad():
             projected = {ct: model.arch.base_weights(ct).detach().cpu() for ct in model.arch.cell_types}
@@ -195,7 +204,7 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
                          options={**opts, "seed": schedule.seed})
     t0 = time.time()
     scores, n = operation_strength(model, loader, bn_train=opts["bn_mode"] == "train", max_batches=opts["batches"],
-                                   absolute=opts["abs"])
+                                   absolute=opts["abs"], weighted=opts["weighted"])
     pickable = scores if opts["include_none"] else _without_none(run, scores)  # DARTS spaces drop none anyway
     return Selection(method="ostr", space=run.space.name, genotype=run.space.discretize(pickable),
                      scores=scores_to_json(scores),
