@@ -250,6 +250,19 @@ def test_ranking_resumes_from_appended_records(tiny_run, tmp_path):
     assert all(redo[json.loads(x)["arch"]] == json.loads(x)["supernet_acc"] for x in lines[2:4])  # deterministic
 
 
+
+def test_one_ranking_at_a_time_per_run(tiny_run, tmp_path):
+    """A second `dnas analyze ranking RUN` would append the same records again; a ranking must not run on a
+    run being searched (--resume / --force)."""
+    from dnas.rundir import run_lock
+    s = RankingSettings(samples=2, table=str(_fake_table(tmp_path, {a: 1.0 for a in ARCHS}, "t.csv")),
+                        bn_batches=1, valid_batches=1)
+    for lock in (run_lock(tiny_run, name="analysis/.ranking.lock"), run_lock(tiny_run)):
+        with lock, pytest.raises(DnasError, match="in use by another dnas command"):
+            rank_run(tiny_run, s, quiet=True, plot=False, force=True)
+    with run_lock(tiny_run, shared=True):  # a selection on the same run may go on meanwhile
+        assert rank_run(tiny_run, s, quiet=True, plot=False, force=True)["evaluated"] == 2
+
 def test_cli_ranking_with_arch_list_and_errors(tiny_run, tmp_path, capsys):
     table = _fake_table(tmp_path, {a: float(i) for i, a in enumerate(ARCHS)}, "c.csv")
     lst = tmp_path / "archs.txt"

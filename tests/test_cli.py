@@ -207,3 +207,50 @@ def test_search_cli_exposes_the_optimiser_and_split_settings():
     cfg = config_from_args(parse(["search", "--out", "x", "--mode", "prime", "--option", "prime_split=false",
                                   "--train-portion", "0.7"]))
     assert cfg.train_portion == 0.7
+
+
+def test_os_errors_name_the_file_and_keep_what_was_written(tmp_path, capsys, monkeypatch):
+    """A full disk or a read-only folder: one line naming the file that could not be written (not a
+    temporary file, not no file at all), exit 2, and the files already there unchanged."""
+    import errno
+    import os
+
+    import dnas.io as dio
+    from dnas.search import SearchConfig, run_search
+    run = tmp_path / "r"
+    run_search(SearchConfig(space="nb201", dataset="synthetic", resolution=8, subset=64, channels=4, cells=1,
+                            epochs=1, batch_size=32, out=str(run)), quiet=True)
+    files = lambda: {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.suffix != ".lock"}  # noqa: E731
+    before = files()
+    target = run / "selections" / "magnitude.json"
+
+    def fail(code):
+        def raise_(*a, **k):
+            raise OSError(code, os.strerror(code))
+        return raise_
+
+    for what, code in (("fsync", errno.ENOSPC), ("mkstemp", errno.EROFS)):
+        with monkeypatch.context() as m:
+            m.setattr(dio.os if what == "fsync" else dio.tempfile, what, fail(code))
+            assert main(["select", str(run), "--method", "magnitude", "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == f"dnas: error: {target}: {os.strerror(code)}\n"
+        assert files() == before
+
+    class FullFile:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def write(self, text):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dio, "open", FullFile, raising=False)
+    with pytest.raises(OSError, match="No space left") as e:
+        dio.append_jsonl(run / "metrics.jsonl", {"epoch": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(run / "metrics.jsonl")

@@ -312,3 +312,80 @@ def test_run_search_writes_nothing_to_stdout_and_reports_epochs_to_a_callback(tm
                      "--out", str(tmp_path / "cli")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("epoch 1/1 train_acc=") and json.loads(lines[-1])["space"] == "nb201"
+
+
+def test_concurrent_result_updates_lose_nothing(tmp_path, monkeypatch):
+    """Two commands merging selections into one result.json at once (dnas select pt / ostr in two
+    terminals): each reads, merges and writes; neither may drop the other's entry."""
+    import threading
+
+    import dnas.rundir as rd
+    rd.update_result(tmp_path, space="nb201", selections={"magnitude": {"genotype": "m"}})
+    read = rd.read_result
+    both_read = threading.Barrier(2, timeout=1.0)
+
+    def slow_read(run):
+        out = read(run)
+        try:  # give the other writer every chance to read the same old content (unlocked: a lost update)
+            both_read.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return out
+
+    monkeypatch.setattr(rd, "read_result", slow_read)
+    threads = [threading.Thread(target=rd.update_result, args=(tmp_path,), kwargs={"selections": {m: {"genotype": m}}})
+               for m in ("pt", "ostr")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(rd.read_json(tmp_path / "result.json")["selections"]) == ["magnitude", "ostr", "pt"]
+    assert rd.prepare_run_dir(tmp_path / "fresh", resume=False, force=False) == tmp_path / "fresh"
+    (tmp_path / "only-locks").mkdir()
+    (tmp_path / "only-locks" / ".result.json.lock").touch()  # a lock file alone is no run to protect
+    rd.prepare_run_dir(tmp_path / "only-locks", resume=False, force=False)
+
+
+def test_one_command_at_a_time_writes_a_run(tmp_path):
+    """`dnas search --resume` started twice, `search --force` while a selection runs, one selection method
+    twice at once: the second command is refused with one line and nothing of the run is touched. Other
+    selection methods on the same finished run may run side by side."""
+    from dnas.rundir import run_lock
+    from dnas.select.run import run_selection
+    out = tmp_path / "r"
+    run_search(tiny(out, epochs=1), quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def unchanged():
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+    with run_lock(out):  # a search (or training) working on the run
+        with pytest.raises(DnasError, match="in use by another dnas command"):
+            run_search(tiny(out, epochs=1), resume=True, quiet=True)
+        with pytest.raises(DnasError, match="in use by another dnas command"):
+            run_selection(out, "magnitude", quiet=True)
+    assert unchanged()
+    with run_lock(out, shared=True):  # a selection or ranking on the run: no --resume, no --force meanwhile
+        with pytest.raises(DnasError, match="in use by another dnas command"):
+            run_search(tiny(out, epochs=1), force=True, quiet=True)
+        assert unchanged() and (out / "selections" / "magnitude.json").exists()
+        with run_lock(out, name="selections/.ostr.lock"):  # ostr running: a second ostr is refused ...
+            with pytest.raises(DnasError, match=r"\(selection ostr\) is in use"):
+                run_selection(out, "ostr", quiet=True)
+            run_selection(out, "magnitude", quiet=True)  # ... another method is not
+    lock = (out / ".lock").stat().st_ino
+    run_search(tiny(out, epochs=1), force=True, quiet=True)  # --force keeps the lock file others may hold
+    assert (out / ".lock").stat().st_ino == lock
+
+
+def test_train_refuses_an_out_dir_in_use(tmp_path):
+    from dnas.evaluate import make_config, train_network
+    from dnas.rundir import run_lock
+    cfg = make_config("nb201", "|nor_conv_3x3~0|+|skip_connect~0|none~1|+|none~0|none~1|skip_connect~2|",
+                      "synthetic", epochs=1, channels=2, layers=1, batch_size=16, subset=32, test_subset=32,
+                      device="cpu")
+    with run_lock(tmp_path / "t"):
+        with pytest.raises(DnasError, match="in use by another dnas command"):
+            train_network(cfg, tmp_path / "t")
+    assert {p.name for p in (tmp_path / "t").iterdir()} == {".lock"}
+    assert train_network(cfg, tmp_path / "t")["finished"]  # the lock file alone is no run: a fresh start

@@ -516,3 +516,38 @@ def test_resumed_selectors_skip_the_finished_ones(tmp_path, monkeypatch):
     # asked with other options than the saved selection's: it runs again
     run_selections(run, ["pt"], resume=True, quiet=True, options={"pt": {"proj_intv": 2, "max_batches": 1}})
     assert calls["pt"] == 2
+
+
+def test_a_full_disk_at_the_end_of_a_selection_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """result.json cannot be written (ENOSPC): one line, exit 2, and the finished selection's checkpoint stays,
+    so `--resume` records it without redoing a single decision or tune epoch."""
+    import errno
+    import os
+
+    import dnas.rundir as rd
+    from dnas.search.trainer import Searcher
+    run = tmp_path / "r"
+    run_search(tiny_config(out=str(run)), quiet=True)
+    real = rd.atomic_write_json
+
+    def full_disk(path, obj):
+        if str(path).endswith("result.json"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, obj)
+
+    args = ["select", str(run), "--method", "pt", "--option", "proj_intv=2", "--option", "max_batches=1", "--quiet"]
+    monkeypatch.setattr(rd, "atomic_write_json", full_disk)
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert (run / "selections" / "pt.ckpt.pt").exists() and "pt" not in rd.read_result(run)["selections"]
+    monkeypatch.undo()
+
+    def redo(*a, **k):
+        raise AssertionError("a finished selection was redone")
+
+    monkeypatch.setattr(Searcher, "train_epoch", redo)
+    assert cli_main(args + ["--resume"]) == 0
+    line = json.loads(capsys.readouterr().out.strip())
+    assert rd.read_result(run)["selections"]["pt"]["genotype"] == line["genotype"]
+    assert not (run / "selections" / "pt.ckpt.pt").exists()

@@ -28,20 +28,30 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], Any]) -> None:
     if path.is_dir():  # say so about the user's path, not about the temporary file next to it
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:  # a read-only or full folder: name the file being written, not the temporary one
+        raise _about(e, path) from None
+    try:
         with os.fdopen(fd, "wb") as f:
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results should read like any other file
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename in (None, tmp):  # ENOSPC from write/flush/fsync names no file
+            raise _about(e, path) from None
         raise
+
+
+def _about(e: OSError, path: str | Path) -> OSError:
+    """The same error (same errno, same OSError subclass), about ``path``."""
+    return OSError(e.errno, e.strerror or str(e), str(path)) if e.errno else e
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -82,10 +92,16 @@ def torch_load(path: str | Path) -> Any:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one JSON line (metrics); the line is written whole with one write call."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
+    """Append one JSON line (metrics); the line is written whole with one write call. A line torn by a full
+    disk is the file's last: the readers (``truncate_metrics``, resumed rankings) drop it and redo its step."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+    except OSError as e:
+        if e.filename is None:  # ENOSPC from write/flush names no file
+            raise _about(e, path) from None
+        raise
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:

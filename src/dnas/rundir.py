@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,6 +19,33 @@ from .errors import DnasError
 from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, torch_load
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
+RESULT_LOCK = ".result.json.lock"  # held (briefly) around every read-modify-write of result.json
+LOCK = ".lock"  # held by the command working on a run directory (see run_lock)
+
+
+@contextmanager
+def file_lock(path: str | Path, *, shared: bool = False, wait: bool = True, busy: str = "") -> Iterator[None]:
+    """Hold an advisory ``flock`` on the file ``path`` (created if missing) for the ``with`` block.
+
+    ``wait=False``: a lock held by another process is a DnasError with the message ``busy`` instead of a wait.
+    Locks are per open file, so two threads (or two commands) of one process exclude each other too.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): no locking
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise DnasError(busy or f"{path} is locked by another process") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None,
@@ -34,8 +62,8 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
         raise DnasError("--resume and --force exclude each other")
     if run.exists() and not run.is_dir():
         raise DnasError(f"{run} is a file, not a run directory")
-    # Temporary files of an interrupted atomic write are not content (a kill can leave one behind).
-    exists = run.exists() and any(not (p.name.startswith(".") and p.name.endswith(".tmp")) for p in run.iterdir())
+    # Temporary files of an interrupted atomic write (a kill can leave one behind) and lock files are not content.
+    exists = run.exists() and any(not _scratch(p) for p in run.iterdir())
     if resume:
         if not (run / CONFIG).exists():
             raise DnasError(f"{run}: nothing to resume (no {CONFIG})")
@@ -58,13 +86,21 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
             raise DnasError(f"{run} holds files but is not a dnas run (no {CONFIG}); --force will not delete it")
         if check_only:
             return run
-        shutil.rmtree(run)
+        for p in run.iterdir():  # everything but the lock files (the caller holds the run's lock)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif not (_scratch(p) and p.name.endswith(".lock")):
+                p.unlink()
     if check_only:
         return run
     run.mkdir(parents=True, exist_ok=True)
     if config is not None:
         atomic_write_json(run / CONFIG, config)
     return run
+
+
+def _scratch(p: Path) -> bool:
+    return p.name.startswith(".") and p.name.endswith((".tmp", ".lock"))
 
 
 # Settings that may change between a run and its resumption without changing the result.
@@ -139,15 +175,31 @@ def require_finished(run: str | Path) -> None:
         raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
 
 
+def run_lock(run: str | Path, *, shared: bool = False, name: str = LOCK, what: str | None = None):
+    """The lock of a command that works on a run directory, for its whole duration (a context manager).
+
+    Writers of a run (search, train: checkpoint, metrics.jsonl, --force) take it exclusively; commands
+    that only add to a finished run (select, analyze ranking) take it shared, plus an exclusive lock of
+    their own (``name``, e.g. ``selections/.pt.lock``) on the files they write. A second command that would
+    race on the same files fails at once with one line instead of interleaving its writes with the first.
+    """
+    busy = f"{what or run} is in use by another dnas command (wait for it to end, or stop it first)"
+    return file_lock(Path(run) / name, shared=shared, wait=False, busy=busy)
+
+
 def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
-    """Merge fields into result.json (``selections`` is merged per method)."""
-    result = read_result(run)
-    for k, v in fields.items():
-        if k == "selections" and isinstance(v, dict):
-            result.setdefault("selections", {}).update(v)
-        else:
-            result[k] = v
-    atomic_write_json(Path(run) / RESULT, result)
+    """Merge fields into result.json (``selections`` is merged per method).
+
+    Several commands update one result.json (``dnas select`` with different methods at once, a search's
+    final write): the read, merge and write happen under a lock, so no update is lost."""
+    with file_lock(Path(run) / RESULT_LOCK):
+        result = read_result(run)
+        for k, v in fields.items():
+            if k == "selections" and isinstance(v, dict):
+                result.setdefault("selections", {}).update(v)
+            else:
+                result[k] = v
+        atomic_write_json(Path(run) / RESULT, result)
     return result
 
 

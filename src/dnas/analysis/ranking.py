@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..errors import DnasError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_json
-from ..rundir import require_finished
+from ..rundir import require_finished, run_lock
 from ..spaces import Genotype, Space
 from . import metrics as M
 from ._json import jsonable
@@ -229,35 +229,38 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
     todo, population = candidates(table, samples=settings.samples, seed=settings.seed,
                                   archs_file=settings.archs_file)
 
-    out.mkdir(parents=True, exist_ok=True)
-    ident = {**settings.identity(), "table": table.path, "arch_column": table.arch_column,
-             "acc_column": table.acc_column}
-    if (out / SETTINGS).exists() and not force and read_json(out / SETTINGS) != ident:
-        raise DnasError(f"{out / RECORDS} was made with other settings; use --force to start the ranking over")
-    if force and (out / RECORDS).exists():
-        (out / RECORDS).unlink()
-    atomic_write_json(out / SETTINGS, ident)
+    # The run must stay as it is (no search --resume/--force meanwhile); one ranking at a time appends records.
+    with run_lock(run_dir, shared=True), \
+            run_lock(run_dir, name="analysis/.ranking.lock", what=f"{run_dir} (ranking)"):
+        out.mkdir(parents=True, exist_ok=True)
+        ident = {**settings.identity(), "table": table.path, "arch_column": table.arch_column,
+                 "acc_column": table.acc_column}
+        if (out / SETTINGS).exists() and not force and read_json(out / SETTINGS) != ident:
+            raise DnasError(f"{out / RECORDS} was made with other settings; use --force to start the ranking over")
+        if force and (out / RECORDS).exists():
+            (out / RECORDS).unlink()
+        atomic_write_json(out / SETTINGS, ident)
 
-    done = {r["arch"]: r for r in read_records(out / RECORDS)}
-    recal, valid = _loaders(run, settings)
-    model = run.model
-    left = [(g, t) for g, t in todo if str(g) not in done]
-    for g, truth in tqdm(left, desc="ranking", disable=quiet, initial=len(todo) - len(left), total=len(todo)):
-        r = evaluate_genotype(model, run.space, g, valid=valid(), recalibration=recal)
-        rec = {"arch": str(g), "supernet_acc": r.acc, "supernet_loss": r.loss, "truth": truth,
-               "seconds": round(r.seconds, 4)}
-        append_jsonl(out / RECORDS, rec)
-        done[str(g)] = rec
-    records = [done[str(g)] for g, _ in todo]
-    summary = summarize(records, table, population=population)
-    summary.update(run=str(run_dir), space=run.space.name, device=str(run.device), settings=asdict(settings),
-                   bn_batch_size=(settings.bn_batch_size or run.train.batch_size) if settings.bn_batches else None,
-                   valid_images=_valid_images(run, settings))
-    if plot:
-        summary["figure"] = _maybe_plot(records, summary, out / FIGURE)
-    summary = jsonable(summary)
-    atomic_write_json(out / SUMMARY, summary)
-    return summary
+        done = {r["arch"]: r for r in read_records(out / RECORDS)}
+        recal, valid = _loaders(run, settings)
+        model = run.model
+        left = [(g, t) for g, t in todo if str(g) not in done]
+        for g, truth in tqdm(left, desc="ranking", disable=quiet, initial=len(todo) - len(left), total=len(todo)):
+            r = evaluate_genotype(model, run.space, g, valid=valid(), recalibration=recal)
+            rec = {"arch": str(g), "supernet_acc": r.acc, "supernet_loss": r.loss, "truth": truth,
+                   "seconds": round(r.seconds, 4)}
+            append_jsonl(out / RECORDS, rec)
+            done[str(g)] = rec
+        records = [done[str(g)] for g, _ in todo]
+        summary = summarize(records, table, population=population)
+        summary.update(run=str(run_dir), space=run.space.name, device=str(run.device), settings=asdict(settings),
+                       bn_batch_size=(settings.bn_batch_size or run.train.batch_size) if settings.bn_batches else None,
+                       valid_images=_valid_images(run, settings))
+        if plot:
+            summary["figure"] = _maybe_plot(records, summary, out / FIGURE)
+        summary = jsonable(summary)
+        atomic_write_json(out / SUMMARY, summary)
+        return summary
 
 
 def _valid_images(run: Any, settings: RankingSettings) -> int:

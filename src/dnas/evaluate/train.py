@@ -18,6 +18,7 @@ state, so a resumed run continues exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +37,7 @@ from ..data.load import native_resolution
 from ..errors import DnasError
 from ..io import read_json, read_jsonl
 from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
-                      read_result, rng_state, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
+                      read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
                       update_result)
 from ..spaces import get_space
 from ..supernet import check_resolution
@@ -285,8 +286,7 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     """
     check_config(config)
     ctx = ctx or init_distributed(config.device)
-    space = get_space(config.space)
-    genotype = space.parse(config.genotype)
+    get_space(config.space).parse(config.genotype)  # a bad genotype fails before any work
     if config.batch_size % ctx.world_size:
         raise DnasError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     run = Path(out_dir)
@@ -297,6 +297,17 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
         if done.get("finished") and done.get("epochs") == config.epochs:
             return done  # nothing left to do
     train_set, test_set = _data(config)  # before the directory is touched: a failed start keeps the old run
+    # One training per --out (rank 0 writes): a second would interleave metrics.jsonl and checkpoints.
+    with run_lock(run) if ctx.is_main else contextlib.nullcontext():
+        return _train(config, run, ctx, train_set, test_set, resume=resume, force=force, callback=callback)
+
+
+def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDataset, test_set: ImageDataset, *,
+           resume: bool, force: bool, callback: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """``train_network`` once the data is loaded and the run directory is locked."""
+    space = get_space(config.space)
+    genotype = space.parse(config.genotype)
+    cfg_dict = asdict(config)
     _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
 

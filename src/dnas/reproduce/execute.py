@@ -11,10 +11,9 @@ import os
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import DnasError
 from ..io import atomic_write_json
@@ -155,21 +154,11 @@ def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool
         return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
 
 
-@contextmanager
-def _exclusive(out: Path) -> Iterator[None]:
+def _exclusive(out: Path):
     """One ``reproduce`` per output directory at a time (a second would run jobs twice and race on them)."""
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".lock", "a") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DnasError(f"{out} is in use by another reproduce run (wait for it, or stop it first)") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    from ..rundir import file_lock
+    return file_lock(out / ".lock", wait=False,
+                     busy=f"{out} is in use by another reproduce run (wait for it, or stop it first)")
 
 
 def _run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool,

@@ -13,7 +13,7 @@ from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError
 from ..io import atomic_write_json, read_jsonl
 from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
-                      save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+                      run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet
@@ -105,37 +105,40 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), check_only=True)
     run = build_run(config)  # data and model first: a start that fails leaves the directory as it was
     searcher = run.searcher(quiet=quiet)
-    out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
-    if resume and (out / CHECKPOINT).exists():
-        state = load_checkpoint(out)
-        if "searcher" not in state:
-            raise DnasError(f"{out / CHECKPOINT}: not a search checkpoint")
-        searcher.load_state_dict(state["searcher"])
-        set_rng_state(state["rng"])
-        truncate_metrics(out, searcher.epoch)
-    elif resume:
-        truncate_metrics(out, 0)
-    for epoch in range(searcher.epoch, config.epochs):
-        m = searcher.train_epoch(epoch)
-        if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-            v = searcher.evaluate(run.valid_eval)
-            m.update(valid_loss=v["loss"], valid_acc=v["acc"])
-        genotype = select_magnitude(run.model.arch).genotype
-        record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
-        log_metrics(out, record)
-        tb_log(out, record, epoch, "search")
-        save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
-        if on_epoch is not None:
-            on_epoch(record)
-    sel = select_magnitude(run.model.arch)
-    entry = sel.to_json()
-    if on_selection is not None:
-        entry.update(on_selection(run.space, sel))
-    atomic_write_json(out / "selections" / "magnitude.json", entry)
-    last = _last_metrics(out)
-    return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
-                         genotype=str(sel.genotype), final=last, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                         selections={"magnitude": {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+    # One search per run directory: a second (say `--resume` started twice) would append every epoch to
+    # metrics.jsonl again and overwrite the first one's checkpoints. Checked again under the lock.
+    with run_lock(config.out):
+        out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
+        if resume and (out / CHECKPOINT).exists():
+            state = load_checkpoint(out)
+            if "searcher" not in state:
+                raise DnasError(f"{out / CHECKPOINT}: not a search checkpoint")
+            searcher.load_state_dict(state["searcher"])
+            set_rng_state(state["rng"])
+            truncate_metrics(out, searcher.epoch)
+        elif resume:
+            truncate_metrics(out, 0)
+        for epoch in range(searcher.epoch, config.epochs):
+            m = searcher.train_epoch(epoch)
+            if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                v = searcher.evaluate(run.valid_eval)
+                m.update(valid_loss=v["loss"], valid_acc=v["acc"])
+            genotype = select_magnitude(run.model.arch).genotype
+            record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
+            log_metrics(out, record)
+            tb_log(out, record, epoch, "search")
+            save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
+            if on_epoch is not None:
+                on_epoch(record)
+        sel = select_magnitude(run.model.arch)
+        entry = sel.to_json()
+        if on_selection is not None:
+            entry.update(on_selection(run.space, sel))
+        atomic_write_json(out / "selections" / "magnitude.json", entry)
+        last = _last_metrics(out)
+        return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
+                             genotype=str(sel.genotype), final=last, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                             selections={"magnitude": {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:

@@ -132,22 +132,27 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
                   quiet: bool = False, device: str | None = None, force: bool = False) -> dict[str, Any]:
     """Run one selector on a search run; writes selections/<method>.json and updates result.json."""
     from ..search import open_run
-    from ..rundir import require_finished
+    from ..rundir import require_finished, run_lock
     m = get_method(method)
     run_dir = Path(run_dir)
     run = open_run(run_dir, device=device)
     require_finished(run_dir)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
-    ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
-    sel = m.fn(run, ctx)
-    entry = {**sel.to_json(), "requested_options": dict(options or {})}
-    hook = ground_truth_hook()
-    if hook is not None:
-        entry.update(hook(run.space, sel))
-    atomic_write_json(run_dir / "selections" / f"{method}.json", entry)
-    ctx.clear_state()
-    _record(run_dir, method, entry)
+    # Other methods may select from the same run at once (the run is shared: no search --resume/--force meanwhile);
+    # one method only once at a time (it writes selections/<method>.ckpt.pt, .tune.jsonl and .json).
+    with run_lock(run_dir, shared=True), \
+            run_lock(run_dir, name=f"selections/.{method}.lock", what=f"{run_dir} (selection {method})"):
+        require_finished(run_dir)  # again under the lock: a search --force may have started since
+        ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
+        sel = m.fn(run, ctx)
+        entry = {**sel.to_json(), "requested_options": dict(options or {})}
+        hook = ground_truth_hook()
+        if hook is not None:
+            entry.update(hook(run.space, sel))
+        atomic_write_json(run_dir / "selections" / f"{method}.json", entry)
+        _record(run_dir, method, entry)
+        ctx.clear_state()  # last: until result.json has the selection, --resume finishes it from the checkpoint
     return entry
 
 
