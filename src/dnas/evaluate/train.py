@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..bench import lookup_nb201
+from ..checks import check_sgd
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
@@ -119,14 +120,6 @@ def make_config(space: str, genotype: str, dataset: str = "cifar10", **overrides
 def check_config(cfg: TrainConfig) -> None:
     checks = [(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}"),
               (cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
-              (math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a finite number > 0, got {cfg.lr}"),
-              (math.isfinite(cfg.lr_min) and 0 <= cfg.lr_min <= cfg.lr,
-               f"--lr-min must be a finite number in [0, --lr], got {cfg.lr_min}"),
-              (0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}"),
-              (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0,
-               f"--weight-decay must be a finite number >= 0, got {cfg.weight_decay}"),
-              (math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0,
-               f"--grad-clip must be a finite number >= 0 (0: off), got {cfg.grad_clip}"),
               (0 <= cfg.drop_path < 1, f"--drop-path must be in [0, 1), got {cfg.drop_path}"),
               (cfg.cutout >= 0, f"--cutout must be >= 0, got {cfg.cutout}"),
               (cfg.auxiliary_weight >= 0, f"--auxiliary-weight must be >= 0, got {cfg.auxiliary_weight}"),
@@ -134,6 +127,8 @@ def check_config(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise DnasError(msg)
+    check_sgd(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+              grad_clip=cfg.grad_clip)
     if cfg.channels < 1 or cfg.layers < 1:
         raise DnasError(f"--channels and --layers must be >= 1, got {cfg.channels} and {cfg.layers}")
     darts = get_space(cfg.space).family != "nb201"

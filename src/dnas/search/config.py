@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checks import check_sgd, finite_non_negative, finite_positive
 from ..errors import DnasError
 from ..spaces import get_space
 from ..supernet import check_node_bn, check_resolution
@@ -70,18 +70,10 @@ class SearchConfig:
                 raise DnasError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.cells is not None and self.cells < 1:
             raise DnasError(f"--cells must be >= 1, got {self.cells}")
-        for name, flag in (("w_lr", "lr"), ("arch_lr", "arch-lr")):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise DnasError(f"--{flag} must be a finite number > 0, got {v}")
-        if not (math.isfinite(self.w_lr_min) and 0 <= self.w_lr_min <= self.w_lr):
-            raise DnasError(f"--lr-min must be a finite number in [0, --lr], got {self.w_lr_min}")
-        if not 0 <= self.w_momentum < 1:
-            raise DnasError(f"--momentum must be in [0, 1), got {self.w_momentum}")
-        for name, flag in (("w_wd", "weight-decay"), ("arch_wd", "arch-weight-decay"), ("grad_clip", "grad-clip")):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise DnasError(f"--{flag} must be a finite number >= 0, got {v}")
+        check_sgd(lr=self.w_lr, lr_min=self.w_lr_min, momentum=self.w_momentum, weight_decay=self.w_wd,
+                  grad_clip=self.grad_clip)
+        finite_positive("--arch-lr", self.arch_lr)
+        finite_non_negative("--arch-weight-decay", self.arch_wd)
         if self.eval_every < 0:
             raise DnasError(f"--eval-every must be >= 0 (0: never), got {self.eval_every}")
         if not 0.0 < self.train_portion < 1.0:

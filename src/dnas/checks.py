@@ -1,0 +1,27 @@
+"""Value checks shared by the search and training settings: each bad value is one line naming its flag."""
+from __future__ import annotations
+
+import math
+
+from .errors import DnasError
+
+
+def finite_positive(flag: str, value: float) -> None:
+    if not (math.isfinite(value) and value > 0):
+        raise DnasError(f"{flag} must be a finite number > 0, got {value}")
+
+
+def finite_non_negative(flag: str, value: float, note: str = "") -> None:
+    if not (math.isfinite(value) and value >= 0):
+        raise DnasError(f"{flag} must be a finite number >= 0{note}, got {value}")
+
+
+def check_sgd(*, lr: float, lr_min: float, momentum: float, weight_decay: float, grad_clip: float) -> None:
+    """SGD with a cosine schedule from ``lr`` to ``lr_min``, as the search's w and ``dnas train`` use it."""
+    finite_positive("--lr", lr)
+    if not (math.isfinite(lr_min) and 0 <= lr_min <= lr):
+        raise DnasError(f"--lr-min must be a finite number in [0, --lr], got {lr_min}")
+    if not 0 <= momentum < 1:
+        raise DnasError(f"--momentum must be in [0, 1), got {momentum}")
+    finite_non_negative("--weight-decay", weight_decay)
+    finite_non_negative("--grad-clip", grad_clip, " (0: off)")
