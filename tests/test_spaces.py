@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+import torch.nn as nn
 
 from dnas.errors import DnasError
 from dnas.spaces import DARTS, NB201, S1, S2, S3, S4, S5, DartsGenotype, Nb201Genotype, get_space
@@ -158,3 +159,28 @@ def test_nb201_network_param_counts_match_benchmark():
         assert by_arch[key] / 1e6 == pytest.approx(float(r["cifar10_params_M"]), abs=5e-7), r["arch_str"]
     arch74 = next(r for r in rows if r["arch_index"] == "74")
     assert arch74["cifar10_params_M"] == "0.344346"
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pools_take_the_channels_last_kernel_and_stay_bit_identical(kind, stride, dtype):
+    """dnas's pools run NCHW CPU input through the faster channels-last kernel: outputs, gradients and
+    their layouts must be exactly nn's (ties and NaN included for max: the first maximum wins)."""
+    from dnas.spaces.ops import AvgPool2d, MaxPool2d
+    ours, theirs = ((MaxPool2d(3, stride, 1), nn.MaxPool2d(3, stride, 1)) if kind == "max" else
+                    (AvgPool2d(3, stride, 1, count_include_pad=False), nn.AvgPool2d(3, stride, 1, count_include_pad=False)))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 9, 7, generator=g, dtype=dtype).round(decimals=1)  # rounded: ties inside windows
+    x[0, 0, 0, 0] = float("nan")
+    grads = []
+    for pool in (ours, theirs):
+        xi = x.clone().requires_grad_()
+        y = pool(xi)
+        y.backward(torch.arange(y.numel(), dtype=dtype).reshape(y.shape))
+        grads.append((y.detach(), xi.grad, y.stride(), xi.grad.stride()))
+    (y1, g1, s1, t1), (y2, g2, s2, t2) = grads
+    assert torch.equal(y1.nan_to_num(), y2.nan_to_num()) and torch.equal(g1.nan_to_num(), g2.nan_to_num())
+    assert (s1, t1) == (s2, t2)
+    with torch.no_grad():
+        assert torch.equal(ours(x).nan_to_num(), theirs(x).nan_to_num()) and ours(x).is_contiguous()

@@ -14,6 +14,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ..spaces.ops import AvgPool2d, MaxPool2d
+
 
 def count_params(model: nn.Module, exclude_aux: bool = True) -> int:
     """Number of parameters; ``exclude_aux`` leaves out every parameter whose name contains ``auxiliary``
@@ -44,7 +46,7 @@ _MACS: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], int]] = {
     nn.Conv2d: _conv, nn.Linear: _linear,
 }
 _ELEMENTWISE: dict[type, Callable[[nn.Module, torch.Tensor, torch.Tensor], int]] = {
-    nn.AvgPool2d: _pool, nn.MaxPool2d: _pool,
+    nn.AvgPool2d: _pool, nn.MaxPool2d: _pool, MaxPool2d: _pool, AvgPool2d: _pool,
     nn.AdaptiveAvgPool2d: lambda m, x, y: x.numel(),
     nn.BatchNorm2d: lambda m, x, y: 2 * y.numel(),
     nn.ReLU: lambda m, x, y: y.numel(),

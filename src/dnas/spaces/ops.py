@@ -9,6 +9,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..errors import DnasError
 
@@ -96,18 +97,98 @@ class FactorizedReduce(nn.Module):
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])], dim=1))
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose forward on NCHW CPU input runs PyTorch's channels-last kernel.
+
+    The CPU max-pool kernel for contiguous (NCHW) input is several times slower than the channels-last
+    one (3x3, float32, 1 thread: 3-9x). Both scan a window in the same order and keep the first maximum
+    (NaN wins), so the values and argmax indices are the same; the output is handed back as NCHW and the
+    backward is the NCHW path's own kernel on the same indices, so outputs and gradients (values and
+    layouts) are bit-identical to ``nn.MaxPool2d``'s. Channels-last input (the fast supernets) and other
+    devices take the plain path.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or not x.is_contiguous()
+                or x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        args = (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), _pair(self.dilation),
+                bool(self.ceil_mode))
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _MaxPoolNCHW.apply(x, *args)
+        return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+
+
+def _pair(v: int | tuple[int, ...]) -> list[int]:
+    return [v, v] if isinstance(v, int) else [int(t) for t in v]
+
+
+class _MaxPoolNCHW(torch.autograd.Function):
+    """Max pool of NCHW ``x``: the forward by the channels-last kernel, the backward by the NCHW kernel."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, dilation, ceil_mode):
+        y, idx = F.max_pool2d(x.contiguous(memory_format=torch.channels_last), kernel, stride, padding, dilation,
+                              ceil_mode=ceil_mode, return_indices=True)
+        idx = idx.contiguous()
+        ctx.save_for_backward(x, idx)
+        ctx.args = (kernel, stride, padding, dilation, ceil_mode)
+        return y.contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, idx = ctx.saved_tensors
+        # Differentiable (max_pool2d_with_indices_backward has a derivative), so double backward works.
+        return (torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *ctx.args, idx),
+                None, None, None, None, None)
+
+
+class AvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d`` whose forward on NCHW float32/float64 CPU input runs the channels-last kernel.
+
+    Like :class:`MaxPool2d`: the channels-last forward is ~2x faster (3x3, stride 1); it sums each window
+    in the same order and divides by the same count, so the values are the same; the output is handed
+    back as NCHW and the backward is the NCHW kernel, so outputs and gradients are bit-identical.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64)
+                or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+            return super().forward(x)
+        args = (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), bool(self.ceil_mode),
+                bool(self.count_include_pad), self.divisor_override)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _AvgPoolNCHW.apply(x, *args)
+        return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+
+
+class _AvgPoolNCHW(torch.autograd.Function):
+    """Average pool of NCHW ``x``: the forward by the channels-last kernel, the backward by the NCHW kernel."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        ctx.save_for_backward(x)
+        ctx.args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), *ctx.args).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return (torch.ops.aten.avg_pool2d_backward(grad, x, *ctx.args), None, None, None, None, None, None)
+
+
 class PoolBN(nn.Sequential):
     """DARTS supernet pooling: pool followed by a non-affine BN (keeps the op's scale comparable)."""
 
     def __init__(self, kind: str, c: int, stride: int, affine: bool):
-        pool = (nn.MaxPool2d(3, stride, 1) if kind == "max"
-                else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+        pool = (MaxPool2d(3, stride, 1) if kind == "max"
+                else AvgPool2d(3, stride, 1, count_include_pad=False))
         super().__init__(pool, nn.BatchNorm2d(c, affine=affine))
 
 
 def _pool(kind: str, c: int, stride: int) -> nn.Module:
-    return (nn.MaxPool2d(3, stride, 1) if kind == "max"
-            else nn.AvgPool2d(3, stride, 1, count_include_pad=False))
+    return (MaxPool2d(3, stride, 1) if kind == "max"
+            else AvgPool2d(3, stride, 1, count_include_pad=False))
 
 
 # -- NAS-Bench-201 ----------------------------------------------------------------------------------
