@@ -20,18 +20,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="digits", help=f"{', '.join(DATASETS)} (default digits, embedded)")
     p.add_argument("--data-dir", help="dataset folder (default $DNAS_DATA_DIR)")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--channels", type=int, help="initial channels C")
-    p.add_argument("--cells", type=int, help="NB201: cells per stage N; DARTS spaces: total cells (>= 3)")
+    p.add_argument("--epochs", type=int,
+                   help="search epochs (default: NB201 100, DARTS spaces 50; spos 1000; digits/synthetic 20)")
+    p.add_argument("--batch-size", type=int, help="default 64 (spos: NB201 256, DARTS spaces 128)")
+    p.add_argument("--channels", type=int,
+                   help="initial channels C (default 16; spos on the DARTS spaces 36; digits/synthetic 8)")
+    p.add_argument("--cells", type=int,
+                   help="NB201: cells per stage N (default 5); DARTS spaces: total cells, >= 3 (default 8; spos 20); "
+                        "digits/synthetic: 1 / 3")
     p.add_argument("--subset", type=int, help="use N training images (class-balanced, seeded)")
     p.add_argument("--resolution", type=int, help="resize images to R x R")
     p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
     g = p.add_argument_group("optimiser and split (default: the mode's paper settings; see README)")
-    for flag, typ, what in (("--lr", float, "w: initial SGD learning rate (0.025)"),
-                            ("--lr-min", float, "w: final cosine learning rate (0.001)"),
+    for flag, typ, what in (("--lr", float, "w: initial SGD learning rate (0.025; spos on NB201 0.1)"),
+                            ("--lr-min", float, "w: final cosine learning rate (0.001; spos 0, per mini-batch)"),
                             ("--momentum", float, "w: SGD momentum (0.9)"),
-                            ("--weight-decay", float, "w: weight decay (3e-4)"),
+                            ("--weight-decay", float, "w: weight decay (3e-4; spos on NB201 5e-4)"),
                             ("--grad-clip", float, "w: gradient-norm clip, 0 = off (5)"),
                             ("--arch-lr", float, "α: Adam learning rate (3e-4)"),
                             ("--arch-weight-decay", float, "α: Adam weight decay (1e-3)"),
@@ -51,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="mode option (e.g. schedfreq=10); repeatable")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (with --select: selectors that finished are not rerun)")
     p.add_argument("--force", action="store_true", help="delete an existing run directory first")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_run)

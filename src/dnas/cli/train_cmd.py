@@ -10,8 +10,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train a genotype from scratch into --out (config.json, metrics.jsonl, "
                                    "checkpoint.pt, result.json with the final test accuracy). Defaults follow "
                                    "the space's protocol; every option overrides it. Runs under "
-                                   "`torchrun --nproc_per_node K` with DDP (--batch-size is the global batch).")
-    p.add_argument("--space", help="nb201, darts, s1..s5 (taken from --run when given)")
+                                   "`torchrun --nproc_per_node K -m dnas -- train ...` with DDP (--batch-size is the "
+                                   "global batch; the `--` keeps torchrun from reading --run as its own --run-path).")
+    p.add_argument("--space", help="nb201, darts, s1..s5 (required with --arch; taken from --run when given)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--arch", "--genotype", dest="arch", help="NB201 arch string or DARTS Genotype(...)")
     which.add_argument("--run", help="a search run directory: use its result.json genotype")
