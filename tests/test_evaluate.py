@@ -186,6 +186,10 @@ def test_genotype_from_run(tmp_path):
         genotype_from_run(darts_run)
     with pytest.raises(DnasError, match="not found"):
         genotype_from_run(tmp_path / "missing")
+    started = tmp_path / "started"  # a search that has not finished: config.json, no result.json yet
+    atomic_write_json(started / "config.json", {"space": "nb201", "dataset": "cifar10"})
+    with pytest.raises(DnasError, match="has not finished"):
+        genotype_from_run(started)
 
 
 def test_train_cli(tmp_path, capsys):

@@ -145,6 +145,8 @@ def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str
     """Space, genotype text and dataset of a search run: ``RUN/result.json`` (``genotype``, or
     ``selections[METHOD]["genotype"]``) and ``RUN/config.json`` (``dataset``)."""
     run = Path(run)
+    if (run / CONFIG).exists() and not (run / RESULT).exists():  # a search writes result.json when it ends
+        raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
     result = read_json(run / RESULT)
     config = read_json(run / CONFIG) if (run / CONFIG).exists() else {}
     space_name = result.get("space") or config.get("space")
