@@ -61,7 +61,11 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--arch-lr", "nan"], "--arch-lr must be a finite number > 0"),
     (["search", "--out", "{tmp}/a", "--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
     (["search", "--out", "{tmp}/a", "--train-portion", "1"], "train portion must be in (0, 1)"),
+    (["search", "--out", "{tmp}/a", "--eval-every", "-1"], "--eval-every must be >= 0"),
     (["search", "--out", "{tmp}/a", "--mode", "prime", "--train-portion", "0.5"], "sets train_portion itself"),
+    # a mode with a configure hook (prime, spos) still names the bad flag, not "sets w_lr itself" (NaN != NaN)
+    (["search", "--out", "{tmp}/a", "--mode", "prime", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["search", "--out", "{tmp}/a", "--mode", "spos", "--momentum", "nan"], "--momentum must be in [0, 1)"),
     (["--threads", "-3", "search", "--out", "{tmp}/a"], "--threads must be between"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),

@@ -105,3 +105,33 @@ def test_single_process_without_torchrun(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(DnasError, match="WORLD_SIZE is set but RANK is not"):
         init_distributed("cpu")
+
+
+def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = init_distributed("cpu")
+    try:
+        cfg = make_config("nb201", ARCH, "synthetic", epochs=1, channels=4, layers=1, batch_size=GLOBAL_BATCH,
+                          subset=32, test_subset=30, quiet=True, device="cpu")
+        try:
+            train_network(cfg, Path(out) / "run", ctx=ctx)
+            outcome = "trained"
+        except Exception as e:  # noqa: BLE001 - the test compares what each rank saw
+            outcome = f"{type(e).__name__}: {e}"
+        (Path(out) / f"outcome{rank}.txt").write_text(outcome)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def test_every_rank_is_refused_an_out_dir_in_use(tmp_path):
+    """Only rank 0 takes the run's lock; when another command holds it, every rank must get the same one-line
+    DnasError (not rank 0 alone, leaving the others in a collective: a gloo traceback, or an NCCL hang)."""
+    from dnas.rundir import run_lock
+    with run_lock(tmp_path / "run"):
+        mp.spawn(_locked_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    for rank in range(2):
+        outcome = (tmp_path / f"outcome{rank}.txt").read_text()
+        assert outcome.startswith("DnasError:") and "in use by another dnas command" in outcome, (rank, outcome)
+    assert {p.name for p in (tmp_path / "run").iterdir()} == {".lock"}

@@ -373,6 +373,24 @@ def test_one_command_at_a_time_writes_a_run(tmp_path):
             with pytest.raises(DnasError, match=r"\(selection ostr\) is in use"):
                 run_selection(out, "ostr", quiet=True)
             run_selection(out, "magnitude", quiet=True)  # ... another method is not
+    # a search --force that starts after the selection's first check but before its lock: checked again
+    import dnas.rundir as rd
+    real_lock = rd.run_lock
+
+    def force_meanwhile(run, **kw):
+        if kw.get("shared"):
+            result = rd.read_result(run)
+            result.pop("finished")
+            (out / "result.json").write_text(json.dumps(result))
+        return real_lock(run, **kw)
+
+    rd.run_lock = force_meanwhile
+    try:
+        with pytest.raises(DnasError, match="has not finished"):
+            run_selection(out, "magnitude", quiet=True)
+    finally:
+        rd.run_lock = real_lock
+    run_search(tiny(out, epochs=1), resume=True, quiet=True)  # finished again
     lock = (out / ".lock").stat().st_ino
     run_search(tiny(out, epochs=1), force=True, quiet=True)  # --force keeps the lock file others may hold
     assert (out / ".lock").stat().st_ino == lock
@@ -389,3 +407,25 @@ def test_train_refuses_an_out_dir_in_use(tmp_path):
             train_network(cfg, tmp_path / "t")
     assert {p.name for p in (tmp_path / "t").iterdir()} == {".lock"}
     assert train_network(cfg, tmp_path / "t")["finished"]  # the lock file alone is no run: a fresh start
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_runs_unlocked(tmp_path, monkeypatch, err):
+    """Lustre mounted without `-o flock` (and some NFS/SMB mounts) answer flock with ENOSYS/ENOLCK/EOPNOTSUPP:
+    every command used to work there (only reproduce locked); it must still, unlocked as on Windows."""
+    import errno
+    import fcntl
+    import os
+
+    from dnas.rundir import file_lock
+
+    def no_flock(f, op):
+        raise OSError(getattr(errno, err), os.strerror(getattr(errno, err)))
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    out = tmp_path / "r"
+    assert run_search(tiny(out, epochs=1), quiet=True)["finished"]
+    err = "EBADF"  # any other flock error is still an error
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        with file_lock(tmp_path / "x.lock"):
+            pass

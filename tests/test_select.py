@@ -446,6 +446,9 @@ def test_cli_select_without_run(tmp_path, capsys):
     assert cli_main(zeros_tiny + [str(out)]) == 2
     assert "--force" in capsys.readouterr().err and out.read_text() == "thesis"
     assert cli_main(zeros_tiny + [str(tmp_path)]) == 2
+    capsys.readouterr()
+    assert cli_main(zeros_tiny + [str(tmp_path), "--force"]) == 2  # refused up front, not after the selection
+    assert f"{tmp_path} exists" in capsys.readouterr().err
     assert cli_main(zeros_tiny + [str(out), "--force"]) == 0
     assert json.loads(out.read_text())["method"] == "zeros"
 
@@ -516,6 +519,12 @@ def test_resumed_selectors_skip_the_finished_ones(tmp_path, monkeypatch):
     # asked with other options than the saved selection's: it runs again
     run_selections(run, ["pt"], resume=True, quiet=True, options={"pt": {"proj_intv": 2, "max_batches": 1}})
     assert calls["pt"] == 2
+    # a checkpoint beside a finished pt.json (a later `select pt --force`, interrupted): resumed, not skipped
+    (run / "selections" / "pt.ckpt.pt").write_bytes(b"")
+    failing.add("pt")
+    with pytest.raises(Killed):
+        run_selections(run, ["pt"], resume=True, quiet=True, options={"pt": {"proj_intv": 2, "max_batches": 1}})
+    assert calls["pt"] == 3
 
 
 def test_a_full_disk_at_the_end_of_a_selection_keeps_its_checkpoint(tmp_path, monkeypatch, capsys):

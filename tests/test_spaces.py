@@ -161,15 +161,21 @@ def test_nb201_network_param_counts_match_benchmark():
     assert arch74["cifar10_params_M"] == "0.344346"
 
 
-@pytest.mark.parametrize("kind", ["max", "avg"])
-@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("kind, kw", [
+    ("max", dict(kernel_size=3, stride=1, padding=1)), ("max", dict(kernel_size=3, stride=2, padding=1)),
+    ("max", dict(kernel_size=2, stride=2, ceil_mode=True)), ("max", dict(kernel_size=3, stride=1, padding=1, dilation=2)),
+    ("avg", dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
+    ("avg", dict(kernel_size=3, stride=2, padding=1, count_include_pad=False)),
+    ("avg", dict(kernel_size=2, stride=2, ceil_mode=True)),  # 9 x 7 input: a partial window per row and column
+    ("avg", dict(kernel_size=3, stride=2, padding=1, divisor_override=2)),
+])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_pools_take_the_channels_last_kernel_and_stay_bit_identical(kind, stride, dtype):
+def test_pools_take_the_channels_last_kernel_and_stay_bit_identical(kind, kw, dtype):
     """dnas's pools run NCHW CPU input through the faster channels-last kernel: outputs, gradients and
-    their layouts must be exactly nn's (ties and NaN included for max: the first maximum wins)."""
+    their layouts must be exactly nn's (ties and NaN included for max: the first maximum wins), for every
+    setting nn's pools take (ceil_mode, dilation, divisor_override), not only the 3x3 ones the spaces use."""
     from dnas.spaces.ops import AvgPool2d, MaxPool2d
-    ours, theirs = ((MaxPool2d(3, stride, 1), nn.MaxPool2d(3, stride, 1)) if kind == "max" else
-                    (AvgPool2d(3, stride, 1, count_include_pad=False), nn.AvgPool2d(3, stride, 1, count_include_pad=False)))
+    ours, theirs = (MaxPool2d(**kw), nn.MaxPool2d(**kw)) if kind == "max" else (AvgPool2d(**kw), nn.AvgPool2d(**kw))
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, 9, 7, generator=g, dtype=dtype).round(decimals=1)  # rounded: ties inside windows
     x[0, 0, 0, 0] = float("nan")

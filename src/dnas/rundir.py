@@ -5,6 +5,7 @@ atomically and resumes exactly: checkpoints carry model, optimizers, RNG states 
 """
 from __future__ import annotations
 
+import errno
 import json
 import random
 import shutil
@@ -33,6 +34,8 @@ def file_lock(path: str | Path, *, shared: bool = False, wait: bool = True, busy
     try:
         import fcntl
     except ImportError:  # no flock (Windows): no locking
+        fcntl = None
+    if fcntl is None:
         yield
         return
     path = Path(path)
@@ -40,12 +43,22 @@ def file_lock(path: str | Path, *, shared: bool = False, wait: bool = True, busy
     with open(path, "a") as f:
         try:
             fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
+            locked = True
         except BlockingIOError:
             raise DnasError(busy or f"{path} is locked by another process") from None
+        except OSError as e:
+            if e.errno not in _NO_FLOCK:
+                raise
+            locked = False  # a file system without flock (Lustre without -o flock, some NFS/SMB mounts): as on Windows
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# flock's answers on file systems that do not support it (not "held by another process")
+_NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL}
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None,

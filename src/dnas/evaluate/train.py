@@ -295,7 +295,9 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
             return done  # nothing left to do
     train_set, test_set = _data(config)  # before the directory is touched: a failed start keeps the old run
     # One training per --out (rank 0 writes): a second would interleave metrics.jsonl and checkpoints.
-    with run_lock(run) if ctx.is_main else contextlib.nullcontext():
+    # Rank 0 takes the lock; a refusal reaches every rank as the same DnasError (none is left in a collective).
+    with contextlib.ExitStack() as held:
+        _on_main(ctx, lambda: held.enter_context(run_lock(run)))
         return _train(config, run, ctx, train_set, test_set, resume=resume, force=force, callback=callback)
 
 
@@ -344,7 +346,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
             truncate_metrics(run, start)
             # the last finished epoch's line: the result of a run stopped after its last checkpoint reports it
             rows = list(read_jsonl(run / METRICS)) if (run / METRICS).exists() else []
-            record = rows[-1] if rows else {}
+            record = rows[-1] if rows and rows[-1].get("epoch") == start - 1 else {}
     elif resume and ctx.is_main:  # stopped before the first checkpoint: its metric lines are redone
         truncate_metrics(run, 0)
 

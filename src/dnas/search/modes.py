@@ -103,7 +103,8 @@ def make_config(mode: str = "darts1", **fields: Any) -> SearchConfig:
     check_unused_options(m, config)
     if m.configure is not None:
         m.configure(config)
-        overridden = [k for k, v in fields.items() if getattr(config, k) != v]
+        # ``is not`` first: a NaN the user gave is still theirs (and config.check() names its flag)
+        overridden = [k for k, v in fields.items() if getattr(config, k) is not v and getattr(config, k) != v]
         if overridden:  # e.g. prime's dynamic split over a train_portion the user asked for
             raise DnasError(f"mode {mode!r} sets {', '.join(overridden)} itself; see its options "
                             f"({m.description})")
