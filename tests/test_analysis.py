@@ -263,6 +263,24 @@ def test_one_ranking_at_a_time_per_run(tiny_run, tmp_path):
     with run_lock(tiny_run, shared=True):  # a selection on the same run may go on meanwhile
         assert rank_run(tiny_run, s, quiet=True, plot=False, force=True)["evaluated"] == 2
 
+def test_bn_recalibration_forwards_the_requested_number_of_full_batches(tiny_run, tmp_path, monkeypatch):
+    """The w half of tiny_run has 80 images: 2 full batches of 32 per epoch. --bn-recalibrate 5 must forward 5
+    batches of 32 (not 2 + a partial one of 16, weighted like a full one, while the summary says 5)."""
+    import dnas.analysis.ranking as R
+    sizes = []
+    real = R.recalibrate_bn
+
+    def spy(model, batches):
+        batches = list(batches)
+        sizes.append([len(y) for _, y in batches])
+        return real(model, batches)
+    monkeypatch.setattr(R, "recalibrate_bn", spy)
+    s = RankingSettings(samples=2, table=str(_fake_table(tmp_path, {a: 1.0 for a in ARCHS}, "t.csv")),
+                        bn_batches=5, valid_batches=1)
+    rank_run(tiny_run, s, quiet=True, plot=False, force=True)
+    assert sizes == [[32] * 5, [32] * 5]
+
+
 def test_cli_ranking_with_arch_list_and_errors(tiny_run, tmp_path, capsys):
     table = _fake_table(tmp_path, {a: float(i) for i, a in enumerate(ARCHS)}, "c.csv")
     lst = tmp_path / "archs.txt"
@@ -397,3 +415,41 @@ def test_evaluate_genotype_refuses_a_genotype_of_another_space():
         evaluate_genotype(net, S4, g, valid=batch, recalibration=None)
     assert 0 <= evaluate_genotype(net, S2, S2.parse(str(g).replace("noise", "skip_connect")), valid=batch,
                                   recalibration=None).acc <= 1
+
+
+def test_ground_truth_column_follows_the_runs_dataset(tiny_run, tmp_path, monkeypatch):
+    """A CIFAR-100 supernet is ranked against cifar100_test, not the table's first column (cifar10_test)."""
+    p = tmp_path / "two.csv"
+    with open(p, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["arch_str", "cifar10_test", "cifar100_test"])
+        for i, a in enumerate(ARCHS):
+            w.writerow([a, 90.0 - i, 60.0 + i])  # reversed order on the two data sets
+    assert load_truth(p, NB201).acc_column == "cifar10_test"
+    assert load_truth(p, NB201, dataset="cifar10").acc_column == "cifar10_test"
+    assert load_truth(p, NB201, dataset="synthetic").acc_column == "cifar10_test"
+    t = load_truth(p, NB201, dataset="cifar100")
+    assert t.acc_column == "cifar100_test" and t.lookup(Nb201Genotype.parse(ARCHS[1])) == 61.0
+    assert load_truth(p, NB201, acc_column="cifar10_test", dataset="cifar100").acc_column == "cifar10_test"
+    with pytest.raises(DnasError, match="no cifar100 accuracy column"):
+        load_truth(_fake_table(tmp_path, {a: 1.0 for a in ARCHS}, "c10.csv"), NB201, dataset="cifar100")
+    # Both commands pass the run's data set on.
+    run = tmp_path / "c100run"
+    (run / "selections").mkdir(parents=True)
+    cfg = json.loads((tiny_run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**cfg, "dataset": "cifar100"}))
+    sel = {"method": "pt", "space": "nb201", "genotype": ARCHS[1], "scores": {"cell": np.eye(6, 5).tolist()},
+           "decisions": []}
+    (run / "selections" / "pt.json").write_text(json.dumps(sel))
+    res = analyze_ops(run, table_path=str(p), plot=False)
+    assert res["table"]["acc_column"] == "cifar100_test" and res["methods"]["pt"]["genotype_truth"] == 61.0
+    import dnas.analysis.ranking as R
+    seen = {}
+
+    def spy(*args, **kw):
+        seen.update(kw)
+        raise DnasError("stop")
+    monkeypatch.setattr(R, "load_truth", spy)
+    with pytest.raises(DnasError, match="stop"):
+        rank_run(tiny_run, RankingSettings(samples=2, table=str(p)), quiet=True, plot=False)
+    assert seen.get("dataset") == "synthetic"

@@ -151,7 +151,7 @@ def analyze_ops(run_dir: str | Path, *, table_path: str | None = None, arch_colu
     methods = load_method_scores(run_dir, space)
     if not methods:
         raise DnasError(f"{run_dir}: no selections with scores (run `dnas select` first)")
-    table = load_truth(table_path, space, arch_column, acc_column)
+    table = load_truth(table_path, space, arch_column, acc_column, dataset=cfg.get("dataset"))
     truth = true_op_strength(table)
     result: dict[str, Any] = {"run": str(run_dir), "space": space.name, "table": table.describe(),
                               "truth": {ct: t.tolist() for ct, t in truth.items()},

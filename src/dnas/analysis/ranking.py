@@ -14,7 +14,7 @@ import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from itertools import islice
+from itertools import chain, count, islice
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -207,10 +207,11 @@ def _loaders(run: Any, settings: RankingSettings) -> tuple[Callable[[], Iterable
     else:
         bs = settings.bn_batch_size or tr.batch_size
         # The same B augmented training batches for every architecture, so they differ only by their weights.
-        loader = BatchLoader(tr.dataset, tr.indices, bs, augment=True, seed=run.config.seed, stream=3,
-                             device=run.device)
+        # Full batches only (each counts equally in the average), from further epochs when B exceeds one epoch.
+        loader = BatchLoader(tr.dataset, tr.indices, bs, augment=True, drop_last=True, seed=run.config.seed,
+                             stream=3, device=run.device)
         n = settings.bn_batches
-        recal = lambda: islice(loader.epoch(0), n)  # noqa: E731
+        recal = lambda: islice(chain.from_iterable(loader.epoch(e) for e in count()), n)  # noqa: E731
     ve, vb = run.valid_eval, settings.valid_batches
     valid = (lambda: ve.epoch(0)) if vb is None else (lambda: islice(ve.epoch(0), vb))
     return recal, valid
@@ -225,7 +226,8 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
     out = run_dir / "analysis"
     run = open_run(run_dir, device=device)
     require_finished(run_dir)
-    table = load_truth(settings.table, run.space, settings.arch_column, settings.acc_column)
+    table = load_truth(settings.table, run.space, settings.arch_column, settings.acc_column,
+                       dataset=run.config.dataset)
     todo, population = candidates(table, samples=settings.samples, seed=settings.seed,
                                   archs_file=settings.archs_file)
 

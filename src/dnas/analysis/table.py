@@ -23,6 +23,7 @@ from ..spaces import Genotype, Space
 
 ARCH_COLUMNS = ("arch_str", "genotype", "arch", "architecture")
 ACC_COLUMNS = ("cifar10_test", "cifar10_valid", "accuracy", "acc", "test_acc", "valid_acc")
+BENCH_DATASETS = ("cifar10", "cifar100", "imagenet16")  # the data sets benchmark tables name columns after
 TABLE_ENV = "DNAS_NB201_TABLE"
 
 
@@ -100,9 +101,26 @@ def _pick(columns: list[str], wanted: str | None, defaults: tuple[str, ...], wha
                     f"(columns: {', '.join(columns)})")
 
 
+def _acc_defaults(columns: list[str], dataset: str | None, path: Path) -> tuple[str, ...]:
+    """Default accuracy columns for a run on ``dataset``: its own ``<dataset>_test`` / ``_valid`` first.
+
+    A CIFAR-100 supernet must not be ranked against CIFAR-10 ground truth just because that column comes first."""
+    if dataset is None or dataset == "cifar10":
+        return ACC_COLUMNS
+    own = tuple(c for c in (f"{dataset}_test", f"{dataset}_valid") if c in columns)
+    if own:
+        return own
+    if dataset in BENCH_DATASETS:
+        raise DnasError(f"{path}: no {dataset} accuracy column for this {dataset} run; name one with --acc-column "
+                        f"(columns: {', '.join(columns)})")
+    return ACC_COLUMNS
+
+
 def load_truth(path: str | Path | None, space: Space, arch_column: str | None = None,
-               acc_column: str | None = None) -> TruthTable:
-    """Read a ground-truth CSV and parse every architecture with ``space``."""
+               acc_column: str | None = None, dataset: str | None = None) -> TruthTable:
+    """Read a ground-truth CSV and parse every architecture with ``space``.
+
+    ``dataset``: the run's data set; without ``acc_column`` its own column (e.g. ``cifar100_test``) is used."""
     if path is None:
         if space.family != "nb201":  # $DNAS_NB201_TABLE cannot describe another space
             raise DnasError(f"{space.name} runs need a ground-truth table: pass --table PATH (e.g. the NB301 sample)")
@@ -116,7 +134,7 @@ def load_truth(path: str | Path | None, space: Space, arch_column: str | None = 
         reader = csv.DictReader(f)
         columns = list(reader.fieldnames or [])
         arch_c = _pick(columns, arch_column, ARCH_COLUMNS, "arch", path)
-        acc_c = _pick(columns, acc_column, ACC_COLUMNS, "acc", path)
+        acc_c = _pick(columns, acc_column, _acc_defaults(columns, dataset, path), "acc", path)
         with_iso = "iso_class" in columns and "arch_index" in columns
         genotypes, acc, iso, idx = [], [], [], []
         for line, row in enumerate(reader, start=2):

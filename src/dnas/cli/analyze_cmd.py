@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _table_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="ground-truth CSV (default $DNAS_NB201_TABLE); NB201 table or any CSV")
     p.add_argument("--arch-column", help="architecture column (default arch_str / genotype)")
-    p.add_argument("--acc-column", help="accuracy column (default cifar10_test / cifar10_valid)")
+    p.add_argument("--acc-column", help="accuracy column (default: the run's data set's <dataset>_test / _valid; "
+                                          "cifar10_test / cifar10_valid for CIFAR-10 and toy data)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
