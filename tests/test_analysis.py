@@ -453,3 +453,15 @@ def test_ground_truth_column_follows_the_runs_dataset(tiny_run, tmp_path, monkey
     with pytest.raises(DnasError, match="stop"):
         rank_run(tiny_run, RankingSettings(samples=2, table=str(p)), quiet=True, plot=False)
     assert seen.get("dataset") == "synthetic"
+
+
+def test_an_architecture_listed_twice_is_refused(tmp_path):
+    from dnas.analysis.ranking import candidates
+    archs = [str(Nb201Genotype((op,) * 6)) for op in NB201_OPS]
+    table = load_truth(_fake_table(tmp_path, dict(zip(archs, [10.0, 20, 30, 40, 50]))), NB201)
+    lst = tmp_path / "archs.txt"
+    lst.write_text("\n".join([archs[1], archs[2], archs[1]]) + "\n")
+    with pytest.raises(DnasError, match="listed twice"):
+        candidates(table, samples=None, seed=0, archs_file=str(lst))
+    lst.write_text("\n".join(archs[1:4]) + "\n")
+    assert [t for _, t in candidates(table, samples=None, seed=0, archs_file=str(lst))[0]] == [20.0, 30.0, 40.0]

@@ -137,8 +137,11 @@ def candidates(table: TruthTable, *, samples: int | None, seed: int,
                archs_file: str | None) -> tuple[list[tuple[Genotype, float]], str]:
     """(genotype, ground truth) pairs to evaluate, and a phrase naming where they came from."""
     if archs_file is not None:
-        out = []
+        out, listed = [], set()
         for g in read_arch_list(archs_file, table.space):
+            if str(g) in listed:  # it would count twice in τ, ρ and top-k
+                raise DnasError(f"{archs_file}: architecture {g} is listed twice")
+            listed.add(str(g))
             truth = table.lookup(g)
             if truth is None:
                 raise DnasError(f"{archs_file}: architecture {g} is not in {table.path}")
