@@ -1,4 +1,5 @@
 import contextlib
+import math
 import json
 
 import pytest
@@ -429,3 +430,180 @@ def test_a_file_system_without_flock_runs_unlocked(tmp_path, monkeypatch, err):
     with pytest.raises(OSError, match="Bad file descriptor"):
         with file_lock(tmp_path / "x.lock"):
             pass
+
+
+def test_arch_state_init_scale_and_activations_by_hand():
+    # α starts as 1e-3·N(0, 1) (DARTS), crb near 1/|O| with 1e-4 jitter (DARTS-PRIME)
+    g = torch.Generator().manual_seed(5)
+    arch = ArchState(NB201, generator=g)
+    assert torch.equal(arch.alphas["cell"].data, 1e-3 * torch.randn(6, 5, generator=torch.Generator().manual_seed(5)))
+    crb = ArchState(NB201, activation="crb", generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(crb.alphas["cell"].data,
+                          0.2 + 1e-4 * torch.randn(6, 5, generator=torch.Generator().manual_seed(5)))
+    a = torch.tensor([[0.0, math.log(2.0), 0.0, 0.0, 0.0],
+                      [-2.0, -0.5, 0.25, 0.5, 1.5]])
+    expect = {
+        "softmax": torch.tensor([[1 / 6, 2 / 6, 1 / 6, 1 / 6, 1 / 6]]),  # per edge (row), over the ops
+        "sigmoid": torch.tensor([[0.5, 2 / 3, 0.5, 0.5, 0.5]]),
+        "crb": torch.tensor([[0.0, 0.0, 0.25, 0.5, 1.0]]),
+        "linear": torch.tensor([[-2.0, -0.5, 0.25, 0.5, 1.5]]),
+    }
+    for act, want in expect.items():
+        arch = ArchState(NB201, activation=act)
+        with torch.no_grad():
+            arch.alphas["cell"].zero_()
+            arch.alphas["cell"][:2] = a
+        row = 0 if act in ("softmax", "sigmoid") else 1
+        assert torch.allclose(arch.weights("cell")[row], want[0]), act
+        assert torch.allclose(arch.activated("cell")[row], want[0]), act
+    # softmax of an all-zero edge is uniform over the ops, not over the edges
+    assert torch.allclose(ArchState(NB201, init_std=0.0).weights("cell"), torch.full((6, 5), 0.2))
+
+
+def test_fixing_an_edge_to_op_0_is_a_decision():
+    arch = ArchState(NB201)
+    arch.fix_edge("cell", 1, 0)  # op index 0 (none) is a real choice, not "undecided"
+    assert torch.equal(arch.weights("cell")[1], torch.tensor([1.0, 0, 0, 0, 0]))
+    assert arch.undecided_edges("cell") == [0, 2, 3, 4, 5]
+    arch.fix_edge("cell", 3, 2)
+    w = arch.weights("cell")
+    assert torch.equal(w[1], torch.tensor([1.0, 0, 0, 0, 0])) and torch.equal(w[3], torch.tensor([0.0, 0, 1, 0, 0]))
+
+
+def test_first_order_alpha_gradient_is_the_valid_loss_gradient():
+    cfg = tiny(mode="darts1", subset=64, batch_size=16)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    train, valid = next(iter(run.train.epoch(0))), next(iter(run.valid.epoch(0)))
+    assert not torch.equal(train[0], valid[0])
+    model = run.model
+    want = torch.autograd.grad(F.cross_entropy(model(valid[0]), valid[1]), s.a_params)
+    for a in s.a_params:
+        a.grad = None
+    s.recipe.arch_update.backward(s, train, valid)
+    assert all(torch.allclose(a.grad, g, rtol=1e-5, atol=1e-8) for a, g in zip(s.a_params, want))
+    assert all(p.grad is None for p in s.w_params)
+
+
+def test_each_mini_batch_is_an_alpha_step_on_a_valid_batch_then_a_w_step(monkeypatch):
+    cfg = tiny(mode="darts1", subset=64, batch_size=16, epochs=3)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    calls = []
+    monkeypatch.setattr(s, "arch_step", lambda tb, vb: (calls.append(("a", tb[0], vb[0], s.progress)), 0.0)[1])
+    monkeypatch.setattr(s, "w_step", lambda x, y: (calls.append(("w", x, None, s.progress)), (0.0, 0))[1])
+    m = s.train_epoch(1)
+    n = len(run.train)
+    train = [x for x, _ in run.train.epoch(1)]
+    assert n > 1 and len(calls) == 2 * n and m["arch_steps_epoch"] == n
+    for i in range(n):
+        (ka, ta, va, pa), (kw, tw, _, pw) = calls[2 * i], calls[2 * i + 1]
+        assert (ka, kw) == ("a", "w")
+        assert torch.equal(ta, train[i]) and torch.equal(tw, train[i])
+        assert not any(torch.equal(va, t) for t in train)  # the α batch comes from the valid split
+        assert pa == pw == pytest.approx((1 + i / n) / 3)
+    # cosine per epoch, at the start of epoch 1 of 3: lr_min + (lr - lr_min)(1 + cos(π/3))/2
+    assert m["lr"] == pytest.approx(cfg.w_lr_min + (cfg.w_lr - cfg.w_lr_min) * 0.75)
+
+
+def test_optimisers_take_the_configured_hyperparameters():
+    cfg = tiny(mode="darts1", subset=64, batch_size=16, w_momentum=0.7, w_nesterov=True, w_wd=1e-2,
+               arch_lr=2e-3, arch_betas=(0.3, 0.9), arch_wd=5e-2)
+    s = build_run(cfg).searcher(quiet=True)
+    w, a = s.w_opt.param_groups[0], s.a_opt.param_groups[0]
+    assert (w["momentum"], w["nesterov"], w["weight_decay"]) == (0.7, True, 1e-2)
+    assert (a["lr"], tuple(a["betas"]), a["weight_decay"]) == (2e-3, (0.3, 0.9), 5e-2)
+
+
+def test_w_steps_without_alpha_steps_do_not_accumulate_gradients():
+    cfg = tiny(mode="fixed", subset=64, batch_size=16, grad_clip=0.0, w_wd=0.0)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    s._set_lr(0.0)  # w stays put: both steps see the same gradient
+    x, y = next(iter(run.train.epoch(0)))
+    s.w_step(x, y)
+    first = [p.grad.clone() for p in s.w_params if p.grad is not None]
+    s.w_step(x, y)
+    second = [p.grad for p in s.w_params if p.grad is not None]
+    assert first and all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(first, second))
+
+
+def test_second_order_step_restores_w_and_bn_statistics():
+    cfg = tiny(mode="darts2", subset=64, batch_size=16)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    model = run.model
+    model.train()
+    w0 = [p.detach().clone() for p in s.w_params]
+    b0 = [b.detach().clone() for b in model.buffers()]
+    train, valid = next(iter(run.train.epoch(0))), next(iter(run.valid.epoch(0)))
+    s.recipe.arch_update.backward(s, train, valid)
+    assert all(torch.equal(p, q) for p, q in zip(s.w_params, w0))
+    assert all(torch.equal(b, c) for b, c in zip(model.buffers(), b0))
+    assert all(a.grad is not None for a in s.a_params)
+
+
+def test_second_order_virtual_step_uses_momentum_and_weight_decay():
+    cfg = tiny(mode="darts2", subset=64, batch_size=16, w_momentum=0.9, w_wd=0.1)
+    run = build_run(cfg)
+    s = run.searcher(quiet=True)
+    run.model.train()
+    x, y = next(iter(run.train.epoch(0)))
+    s.w_step(x, y)  # leaves a momentum buffer per parameter
+    bufs = [s.w_opt.state[p]["momentum_buffer"].clone() for p in s.w_params]
+    w0 = [p.detach().clone() for p in s.w_params]
+    s.current_lr = xi = 0.05
+    g = torch.autograd.grad(s.w_loss(x, y), s.w_params, allow_unused=True)
+    want = [p - xi * ((0 if gi is None else gi) + 0.1 * p + 0.9 * b) for p, gi, b in zip(w0, g, bufs)]
+    seen = []
+    real = s.arch_loss
+    s.arch_loss = lambda *b: (seen.append([p.detach().clone() for p in s.w_params]), real(*b))[1]
+    s.recipe.arch_update.backward(s, (x, y), next(iter(run.valid.epoch(0))))
+    assert len(seen) == 1
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(seen[0], want))
+
+
+def test_live_ops_are_the_nonzero_weights_negative_included():
+    from dnas.supernet.fast_ops import MixingWeights
+    from dnas.supernet.mixed import live_ops
+    w = torch.tensor([[-0.5, 0.0, 2.0], [0.0, 0.0, -1e-9]])  # linear activation: negative weights are live
+    assert live_ops(w) == [[True, False, True], [False, False, True]]
+    assert MixingWeights(w).live == [[True, False, True], [False, False, True]]
+
+
+def test_none_is_never_computed_even_with_a_nonzero_weight():
+    model = build_supernet(NB201, channels=4, cells=1, impl="reference")
+    calls = []
+    for mixed in model.modules():
+        if hasattr(mixed, "names") and hasattr(mixed, "ops"):
+            for name, op in zip(mixed.names, mixed.ops):
+                op.register_forward_hook(lambda m, i, o, name=name: calls.append(name))
+    with model.arch.overriding({"cell": torch.ones(6, 5)}):
+        model(torch.randn(2, 3, 8, 8))
+    assert "none" not in calls and len(calls) == 3 * 6 * 4
+
+
+def test_magnitude_counts_fixed_edges_as_one_hot_and_skips_removed_ops():
+    arch = ArchState(NB201)
+    with torch.no_grad():
+        a = arch.alphas["cell"]
+        a.zero_()
+        a[:, 3] = 5.0  # nor_conv_3x3 strongest everywhere
+        a[:, 2] = 4.0  # then nor_conv_1x1
+    arch.fix_edge("cell", 0, 1)      # skip_connect, although α prefers nor_conv_3x3
+    arch.remove_op("cell", 5, 3)     # edge 5 loses nor_conv_3x3: nor_conv_1x1 is next
+    g = select_magnitude(arch).genotype
+    assert g.ops == ("skip_connect", "nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "nor_conv_1x1")
+
+
+def test_leaving_an_inner_override_restores_the_outer_one():
+    arch = ArchState(NB201)
+    outer, inner = torch.full((6, 5), 0.5), torch.full((6, 5), 0.25)
+    with arch.overriding({"cell": outer}):
+        with arch.overriding({"cell": inner}):
+            assert torch.equal(arch.weights("cell"), inner)
+        assert torch.equal(arch.weights("cell"), outer)
+        with arch.frozen():
+            assert torch.equal(arch.weights("cell"), outer)
+        assert torch.equal(arch.weights("cell"), outer)
+    assert torch.equal(arch.weights("cell"), arch.base_weights("cell"))

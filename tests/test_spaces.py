@@ -190,3 +190,13 @@ def test_pools_take_the_channels_last_kernel_and_stay_bit_identical(kind, kw, dt
     assert (s1, t1) == (s2, t2)
     with torch.no_grad():
         assert torch.equal(ours(x).nan_to_num(), theirs(x).nan_to_num()) and ours(x).is_contiguous()
+
+
+def test_nb201_genotype_mask_by_hand():
+    m = NB201.genotype_mask(NB201.parse(BEST))["cell"]
+    ops = NB201.cells["cell"].ops[0]  # none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3
+    want = torch.zeros(6, 5)
+    for e, op in enumerate(["nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3",
+                            "nor_conv_1x1"]):
+        want[e, ops.index(op)] = 1.0
+    assert torch.equal(m, want)
