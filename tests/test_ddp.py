@@ -50,11 +50,16 @@ def _two_steps(ctx: DistContext) -> dict:
     return {"loss1": first["loss"], "loss2": second["loss"], "state": {k: v.clone() for k, v in net.state_dict().items()}}
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _join(rank: int, world: int, port: int):
+    """This spawned process as rank ``rank`` of a local gloo group of ``world``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    return init_distributed("cpu")
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    ctx = _join(rank, world, port)
     try:
         assert ctx.world_size == world and ctx.rank == rank
         steps = _two_steps(ctx)
@@ -108,10 +113,7 @@ def test_single_process_without_torchrun(monkeypatch):
 
 
 def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    ctx = init_distributed("cpu")
+    ctx = _join(rank, world, port)
     try:
         cfg = make_config("nb201", ARCH, "synthetic", epochs=1, channels=4, layers=1, batch_size=GLOBAL_BATCH,
                           subset=32, test_subset=30, quiet=True, device="cpu")
