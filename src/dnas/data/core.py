@@ -52,7 +52,10 @@ class ImageDataset:
 
 
 def derive_seed(*parts: int) -> int:
-    """Mix integers into one 63-bit seed, so that (seed, stream, epoch) triples never collide the way sums would."""
+    """Mix integers into one 63-bit seed, so that (seed, stream, epoch) triples do not collide the way sums would.
+
+    numpy's SeedSequence ignores trailing zeros, so (s, t) and (s, t, 0) give the same seed: each stream is
+    always derived with the same number of parts (and a resumed drop-path stream adds its epoch, >= 1)."""
     words = [int(p) & 0xFFFF_FFFF_FFFF_FFFF for p in parts]  # SeedSequence refuses negatives
     hi, lo = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return ((int(hi) << 32) | int(lo)) & 0x7FFF_FFFF_FFFF_FFFF
