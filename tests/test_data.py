@@ -535,3 +535,58 @@ def test_real_cifar10_test_shard():
     assert torch.bincount(te.labels).tolist() == [1000] * 10
     means = te.images.double().mean((0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor([0.4941, 0.4851, 0.4504], dtype=torch.float64), atol=2e-3)
+
+
+def test_loader_crop_offsets_cover_the_full_range_and_flip_is_fair():
+    """Offsets are uniform on 0..2*pad in both axes (all 25 for pad 2) and about half the samples are flipped."""
+    h = w = 6
+    pad, n = 2, 1024
+    pix = (torch.arange(h * w) + 1).view(1, 1, h, w).to(torch.uint8)
+    ds = ImageDataset("pos", pix.repeat(n, 1, 1, 1).contiguous(), torch.zeros(n, dtype=torch.int64), 1, (0.0,), (1.0,), pad, True)
+    (x, _), = list(BatchLoader(ds, None, n, augment=True, seed=0).epoch(0))
+    got = (x[:, 0] * 255).round().to(torch.uint8)
+    padded = torch.nn.functional.pad(pix[0, 0], (pad, pad, pad, pad))
+    keys = [(oy, ox, fl) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) for fl in (False, True)]
+    cands = torch.stack([(padded[oy:oy + h, ox:ox + w].flip(1) if fl else padded[oy:oy + h, ox:ox + w]) for oy, ox, fl in keys])
+    hit = (got[:, None] == cands[None]).flatten(2).all(2)  # n x candidates
+    assert hit.any(1).all()
+    which = [keys[int(j)] for j in hit.float().argmax(1)]
+    assert {k[:2] for k in which} == {(oy, ox) for oy in range(5) for ox in range(5)}
+    flipped = sum(k[2] for k in which) / n
+    assert 0.43 < flipped < 0.57, flipped
+
+
+def test_loader_normalises_exactly():
+    """x = (v / 255 - mean) / std, per channel, computed by hand."""
+    v = torch.tensor([0, 51, 255], dtype=torch.uint8)
+    imgs = torch.stack([v.view(1, 1, 3).expand(1, 1, 3), v.flip(0).view(1, 1, 3)], dim=1).reshape(1, 2, 1, 3).contiguous()
+    ds = ImageDataset("norm", imgs, torch.zeros(1, dtype=torch.int64), 1, (0.5, 0.2), (0.25, 0.4), 0, False)
+    (x, _), = list(BatchLoader(ds, None, 1, augment=False).epoch(0))
+    assert torch.allclose(x[0, 0, 0], torch.tensor([-2.0, -1.2, 2.0]), atol=1e-6)
+    assert torch.allclose(x[0, 1, 0], torch.tensor([2.0, 0.0, -0.5]), atol=1e-6)
+
+
+def test_loader_cutout_centres_reach_every_row_and_column_and_need_augment():
+    """A length-2 hole centred at c covers [c-1, c+1): the last row/column is only hit when c = size-1."""
+    n, s = 256, 8
+    ds = ImageDataset("white", torch.full((n, 1, s, s), 255, dtype=torch.uint8), torch.zeros(n, dtype=torch.int64), 1,
+                      (0.0,), (1.0,), 0, False)
+    (x, _), = list(BatchLoader(ds, None, n, augment=True, cutout=2, seed=0).epoch(0))
+    holes = x[:, 0] == 0
+    assert holes.flatten(1).sum(1).max() == 4 and holes.flatten(1).sum(1).min() >= 1
+    assert holes[:, s - 1, :].any() and holes[:, :, s - 1].any() and holes[:, 0, :].any() and holes[:, :, 0].any()
+    # Cutout is augmentation: without augment it is off whatever the argument says.
+    (x0, _), = list(BatchLoader(ds, None, n, augment=False, cutout=2, seed=0).epoch(0))
+    assert (x0 == 1.0).all()
+
+
+def test_balanced_subset_keeps_the_dataset_order():
+    from dnas.data.core import balanced_subset
+    # Class 1 is only sample 0; class 0 gets one of 1..3: ascending means 0 comes first.
+    for seed in range(5):
+        idx = balanced_subset(torch.tensor([1, 0, 0, 0]), 2, 2, seed)
+        assert idx[0] == 0 and int(idx[1]) in (1, 2, 3)
+    labels = torch.arange(60) % 3
+    idx = balanced_subset(labels.flip(0), 31, 3, 7)
+    assert idx.tolist() == sorted(set(idx.tolist())) and len(idx) == 31
+    assert sorted(torch.bincount(labels.flip(0)[idx]).tolist()) == [10, 10, 11]

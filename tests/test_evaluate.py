@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,87 @@ def test_train_resume_after_the_last_checkpoint_keeps_its_final_metrics(tmp_path
     for key in ("train_acc", "train_loss", "test_acc", "test_loss"):
         assert resumed[key] == straight[key], key
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
+class _TwoHeads(torch.nn.Module):
+    """logits = x @ A, aux = x @ B (x is N x 1): gradients small enough to derive by hand."""
+
+    def __init__(self, a: list[float], b: list[float]):
+        super().__init__()
+        self.A = torch.nn.Parameter(torch.tensor([a]))
+        self.B = torch.nn.Parameter(torch.tensor([b]))
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], -1)[:, :1].float()
+        return (x @ self.A, x @ self.B) if self.training else x @ self.A
+
+
+def test_train_one_epoch_aux_weight_grad_clip_and_loss_average_by_hand():
+    from dnas.evaluate.distributed import DistContext
+    from dnas.evaluate.train import train_one_epoch
+    ctx = DistContext()
+    one = [(torch.ones(1, 1), torch.tensor([0]))]
+    # A = B = 0: softmax (1/2, 1/2), dCE/dlogits = (-1/2, 1/2); the aux head's gradient is scaled by 0.4.
+    m = _TwoHeads([0.0, 0.0], [0.0, 0.0])
+    train_one_epoch(m, one, torch.optim.SGD(m.parameters(), lr=1.0), ctx, aux_weight=0.4)
+    assert torch.allclose(m.A.data, torch.tensor([[0.5, -0.5]])) and torch.allclose(m.B.data, torch.tensor([[0.2, -0.2]]))
+    # Clipped to norm 0.5: the whole update (|g| = sqrt(0.58)) is scaled by 0.5 / sqrt(0.58).
+    m = _TwoHeads([0.0, 0.0], [0.0, 0.0])
+    train_one_epoch(m, one, torch.optim.SGD(m.parameters(), lr=1.0), ctx, aux_weight=0.4, grad_clip=0.5)
+    s = 0.5 / 0.58 ** 0.5
+    assert torch.allclose(m.A.data, torch.tensor([[0.5 * s, -0.5 * s]]), atol=1e-5)
+    assert torch.allclose(m.B.data, torch.tensor([[0.2 * s, -0.2 * s]]), atol=1e-5)
+    # The reported loss/acc are per sample over the epoch (main head only): batches of 1 and 3 samples,
+    # logits (1, 0): CE = log(1 + e^-1) for class 0 (right), log(1 + e) for class 1 (wrong).
+    m = _TwoHeads([1.0, 0.0], [5.0, -5.0])
+    batches = [(torch.ones(1, 1), torch.tensor([0])), (torch.ones(3, 1), torch.tensor([1, 1, 1]))]
+    out = train_one_epoch(m, batches, torch.optim.SGD(m.parameters(), lr=0.0), ctx, aux_weight=0.4)
+    l0, l1 = math.log(1 + math.exp(-1)), math.log(1 + math.e)
+    assert out["loss"] == pytest.approx((l0 + 3 * l1) / 4) and out["acc"] == pytest.approx(25.0)
+
+
+def test_evaluate_averages_per_sample_by_hand():
+    from dnas.data import ImageDataset
+    from dnas.evaluate.distributed import DistContext
+    from dnas.evaluate.train import evaluate
+    ds = ImageDataset("c", torch.full((4, 1, 1, 1), 255, dtype=torch.uint8), torch.tensor([0, 1, 1, 1]), 2,
+                      (0.0,), (1.0,), 0, False)
+    m = _TwoHeads([1.0, 0.0], [0.0, 0.0])
+    out = evaluate(m, BatchLoader(ds, None, 3, augment=False, shuffle=False), DistContext())
+    l0, l1 = math.log(1 + math.exp(-1)), math.log(1 + math.e)
+    assert out["loss"] == pytest.approx((l0 + 3 * l1) / 4) and out["acc"] == pytest.approx(25.0)
+
+
+def test_drop_path_rescales_survivors():
+    from dnas.evaluate.darts_net import drop_path
+    torch.manual_seed(0)
+    y = drop_path(torch.ones(4000, 2, 1, 1), 0.25)
+    assert y.unique().tolist() == pytest.approx([0.0, 4 / 3])
+    assert (y[:, 0] == y[:, 1]).all()  # whole samples
+    assert 0.22 < float((y[:, 0, 0, 0] == 0).float().mean()) < 0.28
+
+
+def test_lr_schedule_with_lr_min_and_drop_path_ramp_and_eval_every(tmp_path):
+    cfg = make_config("nb201", NB201_ARCH, epochs=4, lr=0.1, lr_min=0.01)
+    assert [round(lr_at(cfg, e), 6) for e in range(4)] == [0.1, 0.086820, 0.055, 0.023180]
+    cfg = make_config("darts", DARTS_G, "synthetic", **{**TINY_DARTS, "epochs": 3, "eval_every": 2})
+    train_network(cfg, tmp_path / "r")
+    rows = _metrics(tmp_path / "r")
+    assert [r["drop_path"] for r in rows] == pytest.approx([0.0, 0.1, 0.2])  # 0.3 * epoch / 3
+    assert ["test_acc" in r for r in rows] == [False, True, True]  # epoch 1 (every 2nd) and the last
+    opt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=False)["optimizer"]["param_groups"][0]
+    assert (opt["lr"], opt["momentum"], opt["nesterov"], opt["weight_decay"]) == (lr_at(cfg, 2), 0.9, False, 3e-4)
+
+
+def test_presets_every_field():
+    """Each preset field as the module docstring states it (DARTS: darts-pt's eval-c100/svhn.sh for S1-S4)."""
+    nb = preset("nb201", "cifar10")
+    assert nb == dict(epochs=200, batch_size=256, lr=0.1, lr_min=0.0, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                      grad_clip=0.0, channels=16, layers=5, auxiliary_weight=0.0, drop_path=0.0, cutout=0)
+    d = dict(epochs=600, batch_size=96, lr=0.025, lr_min=0.0, momentum=0.9, nesterov=False, weight_decay=3e-4,
+             grad_clip=5.0, channels=36, layers=20, auxiliary_weight=0.4, drop_path=0.2, cutout=16)
+    assert preset("darts", "cifar10") == d == preset("s1", "cifar10")
+    for space in ("s1", "s2", "s3", "s4"):
+        for data in ("cifar100", "svhn"):
+            assert preset(space, data) == {**d, "channels": 16, "layers": 8}, (space, data)
+    assert preset("darts", "svhn") == d  # cutout on SVHN too (a CIFAR-type 32 px set)
