@@ -167,6 +167,7 @@ def test_zeros_picks_dominant_op():
     first = torch.tensor(log[0]["scores"]["cell"][DOM_EDGE])
     k = spec.op_index(DOM_EDGE, DOM_OP)
     assert first[k] > 0 and int((first == 0).sum()) == 4
+    assert [DOM_EDGE, "none"] in log[0]["removed"]["cell"]  # ties among the zeros: the lower index goes first
     alive = model.arch.mask("cell")[DOM_EDGE]
     assert alive.tolist() == [1.0 if i == k else 0.0 for i in range(5)]
 
@@ -225,9 +226,10 @@ def test_pt_resume_is_exact(tmp_path, monkeypatch, where):
     opts = {"proj_intv": 2, "max_batches": 1}
     full = run_selection(tmp_path / "a", "pt", options=opts, quiet=True)
 
-    # Interrupt inside the third decision's candidate evaluations, or in the fourth tune epoch.
+    # Interrupt inside the third decision's candidate evaluations, or in the third tune epoch (epoch 2, right
+    # after its decision: the resume must not decide again).
     from dnas.search.trainer import Searcher
-    owner, name, stop_at = (pt_mod.PtDecider, "_eval", 13) if where == "evaluation" else (Searcher, "train_epoch", 4)
+    owner, name, stop_at = (pt_mod.PtDecider, "_eval", 13) if where == "evaluation" else (Searcher, "train_epoch", 3)
     original = getattr(owner, name)
     calls = {"n": 0}
 
@@ -560,3 +562,214 @@ def test_a_full_disk_at_the_end_of_a_selection_keeps_its_checkpoint(tmp_path, mo
     line = json.loads(capsys.readouterr().out.strip())
     assert rd.read_result(run)["selections"]["pt"]["genotype"] == line["genotype"]
     assert not (run / "selections" / "pt.ckpt.pt").exists()
+
+
+# -- hand-derived checks from a mutation review of the selectors ---------------------------------------
+def _bare_pt(criterion: str = "acc") -> "pt_mod.PtDecider":
+    d = pt_mod.PtDecider.__new__(pt_mod.PtDecider)
+    d.criterion = criterion
+    return d
+
+
+def test_pt_loss_criterion_keeps_the_op_whose_removal_raises_the_loss_most():
+    d = _bare_pt("loss")
+    d.run = build_run(tiny_config())
+    d.arch = d.run.model.arch
+    loss = {0: 1.0, 1: 3.0, 2: 2.0, 3: 3.0, 4: 0.5}  # accuracies say the opposite: they must be ignored
+    d._eval = lambda ct, zero: pt_mod.EvalResult(int(100 * loss[zero[1]]), 64 * loss[zero[1]], 64, 1)
+    assert d.op("cell", 0)[0] == 1  # highest loss, tie 1/3 to the lower index
+
+
+@pytest.mark.parametrize("criterion", ["acc", "loss"])
+def test_pt_topology_drops_the_least_important_input_ties_to_the_later_edge(criterion):
+    """darts-pt: drop the edge whose removal leaves the highest accuracy (lowest loss), ties to the later
+    edge, until two inputs remain. Node 5 (edges 9-13) on hand-set results."""
+    acc = {9: 30, 10: 50, 11: 20, 12: 50, 13: 40}
+    d = _bare_pt(criterion)
+    d._eval = lambda ct, zero: pt_mod.EvalResult(acc[zero[0]], 100.0 - acc[zero[0]], 64, 1)
+    removed, info = d.topology("normal", 5, [9, 10, 11, 12, 13])
+    assert removed == [12, 10, 13] and [r["dropped"] for r in info["rounds"]] == [12, 10, 13]
+
+
+def test_pt_candidate_evaluation_zeroes_exactly_one_entry(monkeypatch):
+    """No renormalisation: the evaluated weights are the current ones with only (edge, op), or the whole
+    edge row, set to 0; BN in train mode by default, eval mode with bn_mode=eval."""
+    run = build_run(tiny_config())
+    seen = []
+    monkeypatch.setattr(pt_mod, "evaluate_weights", lambda model, loader, w, *, bn_train, max_batches:
+                        seen.append(({k: v.clone() for k, v in w.items()}, bn_train)) or pt_mod.EvalResult(1, 1.0, 2, 1))
+    base = current_weights(run.model.arch)["cell"]
+    pt_mod.PtDecider(run, dict(pt_mod.DEFAULTS))._eval("cell", (2, 3))
+    pt_mod.PtDecider(run, {**pt_mod.DEFAULTS, "bn_mode": "eval"})._eval("cell", (4, None))
+    (w1, bn1), (w2, bn2) = seen
+    exp1 = base.clone()
+    exp1[2, 3] = 0.0
+    exp2 = base.clone()
+    exp2[4] = 0.0
+    assert torch.equal(w1["cell"], exp1) and torch.equal(w2["cell"], exp2) and float(base[2, 3]) > 0
+    assert (bn1, bn2) == (True, False)
+
+
+def test_pt_score_table_is_one_minus_acc_or_the_loss():
+    from types import SimpleNamespace
+    space = get_space("nb201")
+    k = space.cells["cell"].op_index(2, "skip_connect")
+    d = {"kind": "op", "cell_type": "cell", "edge": 2, "candidates": {"skip_connect": {"acc": 0.25, "loss": 1.5}}}
+    run = SimpleNamespace(space=space)
+    for criterion, value in (("acc", 0.75), ("loss", 1.5)):
+        table = pt_mod.score_table(run, [d, {"kind": "topology"}], criterion)["cell"]
+        assert table[2][k] == value
+        assert sum(math.isnan(v) for row in table for v in row) == 6 * 5 - 1
+
+
+def test_schedule_defaults_are_darts_pt():
+    from types import SimpleNamespace
+    from dnas.select.progressive import SCHEDULE_DEFAULTS, Schedule
+    s = Schedule.from_options("pt", dict(SCHEDULE_DEFAULTS), SimpleNamespace(config=SimpleNamespace(w_lr=0.025, seed=3)))
+    assert (s.proj_intv, s.lr_schedule, s.reset_arch_optimizer, s.sdarts_epsilon, s.seed) == (5, "constant", False, 0.3, 3)
+    assert s.lr == pytest.approx(0.0025)
+    assert pt_mod.DEFAULTS["criterion"] == "acc" and pt_mod.DEFAULTS["bn_mode"] == "train"
+
+
+def test_pt_edge_order_is_the_seeded_permutation():
+    from dnas.select.progressive import ORDER_SEED
+    run = trained(tiny_config())
+    sel = select("pt", run, proj_intv=1, max_batches=1, seed=11)
+    expected = torch.randperm(6, generator=torch.Generator().manual_seed(11 + ORDER_SEED)).tolist()
+    assert [d["edge"] for d in sel.decisions] == expected
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_pt_tune_epochs_continue_the_search_data_epochs_at_the_tuning_lr(monkeypatch, schedule):
+    from dnas.search import cosine_lr
+    from dnas.search.trainer import Searcher
+    run = trained(tiny_config(epochs=2))
+    calls, real = [], Searcher.train_epoch
+    monkeypatch.setattr(Searcher, "train_epoch", lambda self, epoch, lr=None, desc="": calls.append((epoch, lr))
+                        or real(self, epoch, lr=lr, desc=desc))
+    select("pt", run, proj_intv=1, max_batches=1, lr_schedule=schedule)
+    lrs = [0.0025] * 6 if schedule == "constant" else [cosine_lr(i, 6, 0.0025, run.config.w_lr_min) for i in range(6)]
+    assert [c[0] for c in calls] == [2, 3, 4, 5, 6, 7]
+    assert [c[1] for c in calls] == pytest.approx(lrs)
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_pt_continues_the_search_arch_optimizer(tmp_path, monkeypatch, reset):
+    """darts-pt keeps stepping the search's Adam: its step count goes on from the checkpoint's."""
+    from dnas.rundir import load_checkpoint
+    run_search(tiny_config(out=str(tmp_path)), quiet=True)
+    saved = load_checkpoint(tmp_path)["searcher"]["a_opt"]["state"]
+    searchers, original = [], SearchRun.searcher
+    monkeypatch.setattr(SearchRun, "searcher", lambda self, config=None, quiet=False:
+                        searchers.append(original(self, config, quiet)) or searchers[-1])
+    out = run_selection(tmp_path, "pt", options={"proj_intv": 1, "max_batches": 1, "reset_arch_optimizer": reset},
+                        quiet=True)
+    (s,) = searchers
+    tuned = out["cost"]["tune_arch_steps"]
+    start = 0 if reset else int(saved[0]["step"])
+    assert tuned > 0 and (reset or start > 0)
+    assert [int(v["step"]) for v in s.a_opt.state.values()] == [start + tuned] * len(s.a_opt.state)
+
+
+def test_ostr_abs_takes_the_magnitude_per_batch():
+    run = trained(tiny_config())
+    model, loader = reference_model(run), scoring_loader(run)
+    signed = operation_strength(model, loader, max_batches=1)[0]["cell"]
+    absolute = operation_strength(model, loader, max_batches=1, absolute=True)[0]["cell"]
+    assert bool((signed < 0).any()) and torch.equal(absolute, signed.abs())
+
+
+def test_ostr_defaults_to_eval_mode_bn():
+    run = trained(tiny_config())
+    s_eval = operation_strength(reference_model(run), scoring_loader(run), max_batches=1)[0]["cell"]
+    sel = select("ostr", run, batches=1)
+    assert torch.equal(torch.tensor(sel.scores["cell"], dtype=torch.float64), s_eval)
+
+
+def test_ostr_decider_on_hand_set_scores(monkeypatch):
+    """Op: the best non-none op, ties to the lower index. Topology: keep the two inputs whose chosen op
+    (the fixed one once decided, not the edge's best) scores highest, ties to the lower edge."""
+    nb = build_run(tiny_config())
+    d = ostr_mod.OstrDecider(nb.model, None, dict(ostr_mod.DEFAULTS))
+    s = torch.zeros(6, 5, dtype=torch.float64)
+    s[0] = torch.tensor([9.0, 2.0, 3.0, 3.0, 1.0])  # none would win; conv1x1 / conv3x3 tie
+    d._scores = lambda ct: s
+    assert d.op("cell", 0)[0] == 2
+    s[1] = torch.tensor([0.0, 1.0, 2.0, 5.0, -1.0])
+    nb.model.arch.remove_op("cell", 1, 3)  # a removed op cannot be kept, however high its score
+    assert d.op("cell", 1)[0] == 2
+    dr = build_run(tiny_config("s2", subset=64))
+    d = ostr_mod.OstrDecider(dr.model, None, dict(ostr_mod.DEFAULTS))
+    s = torch.zeros(14, 2, dtype=torch.float64)
+    s[9], s[10], s[11], s[12], s[13] = (torch.tensor(v) for v in ([0.1, 9.0], [3.0, 1.0], [2.0, 0.0], [0.0, 2.0], [0.3, 0.2]))
+    dr.model.arch.fix_edge("normal", 9, 0)  # its chosen op scores 0.1, though the edge's best is 9.0
+    d._scores = lambda ct: s
+    removed, _ = d.topology("normal", 5, [9, 10, 11, 12, 13])
+    assert removed == [9, 12, 13]
+
+
+def test_ostr_one_shot_keeps_a_fixed_edge(monkeypatch):
+    run = build_run(tiny_config())
+    skip = run.space.cells["cell"].op_index(0, "skip_connect")
+    run.model.arch.fix_edge("cell", 0, skip)
+    crafted = torch.tensor([[0.0, 1.0, 2.0, 5.0, 3.0]] * 6, dtype=torch.float64)
+    monkeypatch.setattr(ostr_mod, "operation_strength", lambda *a, **k: ({"cell": crafted.clone()}, 1))
+    ops = select("ostr", run).genotype.ops
+    assert ops[0] == "skip_connect" and set(ops[1:]) == {"nor_conv_3x3"}
+
+
+def test_zeros_init_takes_absolute_values_and_keeps_alpha_sign_per_family():
+    from dnas.supernet import ArchState, build_supernet
+    space = get_space("nb201")
+    kw = dict(channels=4, cells=1, num_classes=10, in_channels=3, dtype=torch.float64, seed=0)
+    signed = zeros_mod.init_supernet(space, abs_alpha=False, **kw)
+    absolute = zeros_mod.init_supernet(space, abs_alpha=True, **kw)
+    a = signed.arch.alphas["cell"]
+    assert bool((a < 0).any()) and torch.equal(absolute.arch.alphas["cell"], a.abs())
+    raw = build_supernet(space, channels=4, cells=1, num_classes=10, in_channels=3, activation="linear",
+                         arch=ArchState(space, "linear"), impl="reference").state_dict()
+    assert any(bool((t < 0).any()) for k, t in raw.items() if t.dim() == 1)  # e.g. the classifier bias
+    assert all(bool((t >= 0).all()) for t in absolute.state_dict().values() if t.is_floating_point())
+    assert select("zeros", None, space="s2", channels=2, cells=3, resolution=8, rounds=1).options["abs_alpha"] is False
+    assert select("zeros", None, space="nb201", channels=2, cells=1, resolution=8, rounds=1).options["abs_alpha"] is True
+
+
+def test_zeros_final_ranks_removed_ops_below_any_survivor():
+    space = get_space("nb201")
+    model = zeros_mod.init_supernet(space, channels=2, cells=1, num_classes=10, in_channels=3,
+                                    dtype=torch.float64, seed=0, abs_alpha=True)
+    model.arch.remove_op("cell", 0, 0)
+    model.arch.remove_op("cell", 0, 1)
+    scores = {"cell": torch.zeros(6, 5, dtype=torch.float64)}
+    scores["cell"][0, 1] = 7.0  # a removed op's stale score
+    rank, shown = zeros_mod._final(model, scores)
+    assert rank["cell"][0].tolist() == [-1.0, -1.0, 0.0, 0.0, 0.0]
+    assert math.isnan(shown["cell"][0, 1]) and space.discretize(rank).ops[0] == space.cells["cell"].ops[0][2]
+
+
+def test_scoring_loader_batch_size_option():
+    run = build_run(tiny_config())
+    sizes = [len(y) for _, y in scoring_loader(run, 16).epoch(0)]
+    assert sizes and set(sizes) == {16}
+    assert {len(y) for _, y in scoring_loader(run).epoch(0)} == {32}
+
+
+def test_scoring_loader_is_the_unaugmented_alpha_half_in_a_fixed_order():
+    run = build_run(tiny_config())
+    ref = torch.cat([x for x, _ in run.valid_eval.epoch(0)])
+    for bs in (16, None, run.valid_eval.batch_size):
+        for epoch in (0, 1):
+            assert torch.equal(torch.cat([x for x, _ in scoring_loader(run, bs).epoch(epoch)]), ref)
+
+
+def test_zeros_scores_one_all_ones_image():
+    """S = |α ⊙ ∂R/∂α| with R the sum of the logits of a single all-ones image (eval-mode BN: no batch
+    statistics, so the input's scale is not normalised away)."""
+    space = get_space("nb201")
+    model = zeros_mod.init_supernet(space, channels=2, cells=1, num_classes=10, in_channels=3,
+                                    dtype=torch.float64, seed=0, abs_alpha=True)
+    s = zeros_mod.connection_sensitivity(model, 8, 3, bn_train=False, seed=0)["cell"]
+    model.eval()
+    a = model.arch.alphas["cell"]
+    (g,) = torch.autograd.grad(model(torch.ones(1, 3, 8, 8, dtype=torch.float64)).sum(), [a])
+    assert torch.allclose(s, (a * g).abs().detach(), rtol=1e-12, atol=0) and float(s.max()) > 0
