@@ -41,6 +41,8 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--subset", "5"], "subset"),
     (["search", "--out", "{tmp}/a", "--resolution", "10"], "multiple of 4"),
     (["search", "--out", "{tmp}/a", "--option", "bogus=1"], "--option bogus: not used by mode darts1"),
+    (["search", "--out", "{tmp}/a", "--option", "=1"], "--option expects KEY=VALUE"),  # one parser for both commands
+    (["select", "--method", "zeros", "--space", "nb201", "--option", "rounds"], "--option expects KEY=VALUE"),
     (["search", "--out", "{tmp}/a", "--mode", "prime", "--option", "admm_freq=5"], "admm_freq: not used"),
     (["search", "--out", "{tmp}/file.txt"], "is a file, not a run directory"),
     ([*TRAIN_NB201, "--layers", "0"], "--layers must be >= 1"),

@@ -450,7 +450,7 @@ def test_cli_select_without_run(tmp_path, capsys):
     assert cli_main(zeros_tiny + [str(tmp_path)]) == 2
     capsys.readouterr()
     assert cli_main(zeros_tiny + [str(tmp_path), "--force"]) == 2  # refused up front, not after the selection
-    assert f"{tmp_path} exists" in capsys.readouterr().err
+    assert f"{tmp_path} is a directory" in capsys.readouterr().err
     assert cli_main(zeros_tiny + [str(out), "--force"]) == 0
     assert json.loads(out.read_text())["method"] == "zeros"
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import importlib.util
 import os
@@ -13,6 +14,20 @@ from ..errors import DnasError
 
 # One module per subcommand, each with ``register(subparsers)`` that sets ``func(args) -> int``.
 COMMANDS = ("search", "select", "query", "train", "analyze", "reproduce")
+
+
+def parse_options(items: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs; values are JSON when they parse (5, true, null, 0.3), strings otherwise."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 class _Parser(argparse.ArgumentParser):

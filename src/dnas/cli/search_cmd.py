@@ -8,6 +8,7 @@ from ..data import DATASETS
 from ..search import MODES, SearchConfig, run_search
 from ..search.modes import make_config
 from ..spaces import SPACES
+from . import parse_options
 
 # The embedded default and other file-free datasets get a small supernet that trains in minutes on a CPU.
 SMALL = {"channels": 8, "cells": {"nb201": 1, "darts": 3}, "epochs": 20}
@@ -63,7 +64,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(a: argparse.Namespace) -> SearchConfig:
-    from ..errors import DnasError
     from ..spaces import get_space
     family = get_space(a.space).family
     small = a.dataset in ("digits", "synthetic")
@@ -83,16 +83,7 @@ def config_from_args(a: argparse.Namespace) -> SearchConfig:
         v = getattr(a, flag)
         if v is not None:
             fields[name] = v
-    options: dict = {}
-    for item in a.option:
-        if "=" not in item:
-            raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            options[k] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k] = v
-    return make_config(a.mode, options=options, **fields)
+    return make_config(a.mode, options=parse_options(a.option), **fields)
 
 
 def _check_table(space: str) -> None:

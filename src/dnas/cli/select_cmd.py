@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 from ..errors import DnasError
+from . import parse_options
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,20 +28,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs; values are JSON when they parse (5, true, null, 0.3), strings otherwise."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
 def _run(a: argparse.Namespace) -> int:
     from ..io import atomic_write_json
     from ..select.run import get_method, run_selection, select_without_run
@@ -57,8 +43,10 @@ def _run(a: argparse.Namespace) -> int:
             raise DnasError("--resume needs a run directory")
         if a.force and not a.out:
             raise DnasError("--force needs a run directory or --out")
-        if a.out and Path(a.out).exists() and (Path(a.out).is_dir() or not a.force):
-            raise DnasError(f"{a.out} exists" + ("" if Path(a.out).is_dir() else "; pass --force to overwrite it"))
+        if a.out and Path(a.out).is_dir():
+            raise DnasError(f"--out {a.out} is a directory, not a file")
+        if a.out and Path(a.out).exists() and not a.force:
+            raise DnasError(f"{a.out} exists; pass --force to overwrite it")
         if a.space:
             options["space"] = a.space
         if a.device:

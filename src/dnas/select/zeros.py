@@ -197,7 +197,8 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     rank, shown = _final(model, scores)
     genotype = space.discretize(rank)
     used = {**opts, **sizes, "space": space.name, "resolution": resolution, "rounds": rounds, "seed": seed,
-            "abs_alpha": abs_alpha, "node_bn": node_bn, "bn_mode_used": "train" if bn_train else "eval", "device": str(device)}
+            "abs_alpha": abs_alpha, "node_bn": node_bn, "bn_mode_used": "train" if bn_train else "eval",
+            "device": str(device)}
     return Selection(method="zeros", space=space.name, genotype=genotype,
                      scores={ct: s.tolist() for ct, s in shown.items()}, decisions=log,
                      cost={"seconds": time.time() - t0, "forward_passes": passes, "finetune_epochs": 0}, options=used)
