@@ -200,6 +200,11 @@ def run_lock(run: str | Path, *, shared: bool = False, name: str = LOCK, what: s
     return file_lock(Path(run) / name, shared=shared, wait=False, busy=busy)
 
 
+def selection_summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """A selection as result.json lists it: its file's entry without the per-op scores and decision trace."""
+    return {k: v for k, v in entry.items() if k not in ("scores", "decisions")}
+
+
 def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into result.json (``selections`` is merged per method).
 

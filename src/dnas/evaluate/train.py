@@ -38,8 +38,8 @@ from ..data.load import native_resolution
 from ..errors import DnasError
 from ..io import read_json, read_jsonl
 from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
-                      read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
-                      update_result)
+                      read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state,
+                      truncate_metrics, update_result)
 from ..spaces import get_space
 from ..supernet import check_resolution
 from ..tensorboard import tb_log

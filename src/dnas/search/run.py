@@ -13,7 +13,8 @@ from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError
 from ..io import atomic_write_json, read_jsonl
 from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
-                      run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+                      run_lock, save_checkpoint, seed_everything, selection_summary, set_rng_state, truncate_metrics,
+                      update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet
@@ -138,7 +139,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         last = _last_metrics(out)
         return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
                              genotype=str(sel.genotype), final=last, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             selections={"magnitude": {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+                             selections={"magnitude": selection_summary(entry)})
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..errors import DnasError
 from ..io import atomic_torch_save, atomic_write_json, read_json, torch_load
-from ..rundir import update_result
+from ..rundir import selection_summary, update_result
 from ..spaces import Space
 from .base import Selection
 from .common import method_options
@@ -157,7 +157,7 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
 
 
 def _record(run_dir: Path, method: str, entry: dict[str, Any]) -> None:
-    update_result(run_dir, selections={method: {k: entry[k] for k in entry if k not in ("scores", "decisions")}})
+    update_result(run_dir, selections={method: selection_summary(entry)})
 
 
 def finished_selection(run_dir: str | Path, method: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
