@@ -109,14 +109,19 @@ class MaxPool2d(nn.MaxPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or self.return_indices or not x.is_contiguous()
-                or x.is_contiguous(memory_format=torch.channels_last)):
+        if self.return_indices or not _nchw_on_cpu(x):
             return super().forward(x)
         args = (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), _pair(self.dilation),
                 bool(self.ceil_mode))
         if torch.is_grad_enabled() and x.requires_grad:
             return _MaxPoolNCHW.apply(x, *args)
         return F.max_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+
+
+def _nchw_on_cpu(x: torch.Tensor) -> bool:
+    """A dense NCHW CPU batch (not also channels-last, as C=1 or 1x1 maps are): the case the pools reroute."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.is_contiguous()
+            and not x.is_contiguous(memory_format=torch.channels_last))
 
 
 def _pair(v: int | tuple[int, ...]) -> list[int]:
@@ -152,8 +157,7 @@ class AvgPool2d(nn.AvgPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.device.type != "cpu" or x.dim() != 4 or x.dtype not in (torch.float32, torch.float64)
-                or not x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        if x.dtype not in (torch.float32, torch.float64) or not _nchw_on_cpu(x):
             return super().forward(x)
         args = (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), bool(self.ceil_mode),
                 bool(self.count_include_pad), self.divisor_override)
