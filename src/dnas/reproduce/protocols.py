@@ -220,10 +220,15 @@ def nb201_paper() -> Protocol:
     ``proj_intv`` 5, i.e. 25 tuning epochs at lr 0.0025 (spec §1.1), on a first-order DARTS supernet and
     on a fix-α one. Four seeds, as DARTS-PT's averages. OStr and ZEROS run with their defaults (OStr one
     pass over the α half; ZEROS on the C=16, N=5 supernet at init).
+
+    Version 2 trains the fast supernet (version 1, never run, the reference loop): the two compute the
+    same function (tests/test_fast.py, on CPU and, with DNAS_TEST_DEVICE=cuda, on a GPU). On an H100 the
+    fast bilevel step was 1.12x the reference's speed with half its GPU memory (benchmarks/README.md,
+    2026-11-23); at ~184 ms per step one 100-epoch search takes about 2 hours there.
     """
     return Protocol(
-        name="nb201-paper", version=1, summary="DARTS-PT's NB201 setting: C=16, N=5, 32x32, 25k/25k, 100 epochs",
-        dataset="cifar10", channels=16, cells=5, epochs=100, batch_size=64, device="auto",
+        name="nb201-paper", version=2, summary="DARTS-PT's NB201 setting: C=16, N=5, 32x32, 25k/25k, 100 epochs",
+        dataset="cifar10", channels=16, cells=5, epochs=100, batch_size=64, device="auto", impl="fast",
         seeds=(0, 1, 2, 3),
         selections={"darts1": ("pt", "ostr"), "fixed": ("pt",)},
         method_options={"pt": {"proj_intv": 5}},

@@ -149,7 +149,8 @@ class _MaxPoolNCHW(torch.autograd.Function):
 
 
 class AvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d`` whose forward on NCHW float32/float64 CPU input runs the channels-last kernel.
+    """``nn.AvgPool2d`` whose forward on NCHW float32/float64 CPU input runs the channels-last kernel,
+    and whose backward on CUDA runs the NCHW kernel (see :class:`_AvgPoolCUDA`).
 
     Like :class:`MaxPool2d`: the channels-last forward is ~2x faster (3x3, stride 1); it sums each window
     in the same order and divides by the same count, so the values are the same; the output is handed
@@ -157,13 +158,43 @@ class AvgPool2d(nn.AvgPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cuda" and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
+            return _AvgPoolCUDA.apply(x, *self._args())
         if x.dtype not in (torch.float32, torch.float64) or not _nchw_on_cpu(x):
             return super().forward(x)
-        args = (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), bool(self.ceil_mode),
-                bool(self.count_include_pad), self.divisor_override)
+        args = self._args()
         if torch.is_grad_enabled() and x.requires_grad:
             return _AvgPoolNCHW.apply(x, *args)
         return F.avg_pool2d(x.contiguous(memory_format=torch.channels_last), *args).contiguous()
+
+    def _args(self) -> tuple:
+        return (_pair(self.kernel_size), _pair(self.stride), _pair(self.padding), bool(self.ceil_mode),
+                bool(self.count_include_pad), self.divisor_override)
+
+
+class _AvgPoolCUDA(torch.autograd.Function):
+    """CUDA average pool whose backward runs the NCHW kernel.
+
+    torch 2.11's CUDA ``avg_pool2d_backward`` returns wrong input gradients for channels-last input,
+    in float32 and float64 and whichever layout the incoming gradient has; the forward is right, and
+    so is the backward for NCHW input (measured on an H100, 2026-11-23, benchmarks/README.md). The
+    fast DARTS supernet pools channels-last maps, so the backward is taken in NCHW and handed back in
+    the input's layout.
+    """
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        ctx.save_for_backward(x)
+        ctx.args = (kernel, stride, padding, ceil_mode, count_include_pad, divisor_override)
+        return F.avg_pool2d(x, *ctx.args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        grad_x = torch.ops.aten.avg_pool2d_backward(grad.contiguous(), x.contiguous(), *ctx.args)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+        return (grad_x, None, None, None, None, None, None)
 
 
 class _AvgPoolNCHW(torch.autograd.Function):

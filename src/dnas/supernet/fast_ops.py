@@ -177,7 +177,14 @@ def _flat(t: torch.Tensor) -> torch.Tensor | None:
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Σ a·b in one pass when both share a dense layout (no full-size product tensor)."""
+    """Σ a·b in one pass when both share a dense layout (no full-size product tensor).
+
+    Under autocast the two may differ in dtype (a bf16 gradient, an fp32 pooled source); ``torch.dot``
+    takes one dtype, so both go to the wider one, as ``a * b`` would promote them.
+    """
+    if a.dtype != b.dtype:
+        wide = torch.promote_types(a.dtype, b.dtype)
+        a, b = a.to(wide), b.to(wide)
     if a.shape == b.shape and a.stride() == b.stride():
         fa, fb = _flat(a), _flat(b)
         if fa is not None and fb is not None:
