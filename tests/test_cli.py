@@ -260,3 +260,25 @@ def test_os_errors_name_the_file_and_keep_what_was_written(tmp_path, capsys, mon
     with pytest.raises(OSError, match="No space left") as e:
         dio.append_jsonl(run / "metrics.jsonl", {"epoch": 1})
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(run / "metrics.jsonl")
+
+
+def test_a_run_saved_with_a_numbered_gpu_on_a_machine_without_it(tmp_path, capsys, monkeypatch):
+    """A search run on GPU 1 (``--device cuda:1``, kept in config.json), selected or resumed on a machine with
+    no GPU, or with one: one line naming the device (pass --device), not a traceback from deep inside torch."""
+    import torch
+
+    run = tmp_path / "run"
+    assert run_cli(["search", "--out", str(run), *TINY, "--device", "cpu"], capsys)[0] == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["device"] = "cuda:1"
+    (run / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude"], capsys)
+    assert code == 2 and "cuda:1" in err and "no CUDA device" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude"], capsys)
+    assert code == 2 and "cuda:1" in err and "1 CUDA device" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["search", "--out", str(tmp_path / "b"), *TINY, "--device", "cuda:x"], capsys)
+    assert code == 2 and "unknown device" in err
+    assert run_cli(["select", str(run), "--method", "magnitude", "--device", "cpu"], capsys)[0] == 0

@@ -127,6 +127,16 @@ def test_presets():
         make_config("darts", NB201_ARCH)
 
 
+def test_train_at_resolution_4_refuses_a_one_image_batch(tmp_path):
+    # 33 images at batch 32 leave a 1-image batch; at 4 x 4 px BN sees 1 x 1 maps and torch used to raise mid-epoch
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "resolution": 4, "subset": 33})
+    with pytest.raises(DnasError, match=r"resolution 4: the training split \(33 images, batch size 32\) has a 1-image"):
+        train_network(cfg, tmp_path / "t")
+    ok = train_network(make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "resolution": 4, "subset": 34}),
+                       tmp_path / "u")
+    assert ok["finished"] and math.isfinite(ok["test_loss"])
+
+
 # -- training runs ---------------------------------------------------------------------------------------------
 
 def _metrics(run: Path) -> list[dict]:
@@ -315,3 +325,15 @@ def test_presets_every_field():
         for data in ("cifar100", "svhn"):
             assert preset(space, data) == {**d, "channels": 16, "layers": 8}, (space, data)
     assert preset("darts", "svhn") == d  # cutout on SVHN too (a CIFAR-type 32 px set)
+
+
+def test_a_diverging_training_stops_before_reporting_an_accuracy(tmp_path):
+    # lr 1e6 without clipping: NaN weights/BN statistics used to give test_acc ~ 1/num_classes (argmax of NaN
+    # logits) in result.json and metrics.jsonl, reported as the architecture's accuracy.
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "resolution": 8, "lr": 1e6, "lr_min": 0.0,
+                                                          "grad_clip": 0.0, "epochs": 3})
+    with pytest.raises(DnasError, match=r"training diverged in epoch \d \(non-finite (train_loss|test_loss|weights)"):
+        train_network(cfg, tmp_path / "t")
+    assert not (tmp_path / "t" / "result.json").exists()
+    for r in _metrics(tmp_path / "t") if (tmp_path / "t" / "metrics.jsonl").exists() else []:
+        assert math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"])

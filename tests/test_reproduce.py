@@ -244,3 +244,34 @@ def test_bad_input_is_one_line(tmp_path, capsys, monkeypatch, args, needle):
     code, _, err = cli([a.replace("{tmp}", str(tmp_path)) for a in args], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert not (tmp_path / "o" / "jobs").exists()
+
+
+def test_local_jobs_on_a_gpu_machine_each_get_their_own_gpu(tmp_path, monkeypatch):
+    """K workers on K GPUs: concurrent jobs see different GPUs (CUDA_VISIBLE_DEVICES), not all cuda:0."""
+    import torch
+
+    import dnas.reproduce.execute as execute
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    started = []
+
+    class FakeProc:  # a worker that fails at once (its dependants are then skipped)
+        def __init__(self, cmd, stdout, stderr, env):
+            started.append(env.get("CUDA_VISIBLE_DEVICES"))
+            self.returncode = 1
+
+        def poll(self):
+            return self.returncode
+
+    monkeypatch.setattr(execute.subprocess, "Popen", FakeProc)
+    res = reproduce("smoke", tmp_path / "out", seeds=[0], device="auto")
+    assert len(started) >= 2
+    assert started[:2] == ["0", "1"]  # the scheduler starts two jobs at once (2 workers): one per GPU
+    assert all(gpu in ("0", "1") for gpu in started)
+    assert "GPUs 0,1" in res.pool
+
+    # a parent restricted to some GPUs hands out those, and a CPU protocol or a named device none
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
+    assert execute.gpu_slots("auto") == ["5", "7"]
+    assert execute.gpu_slots("cpu") == [] and execute.gpu_slots("cuda:1") == []

@@ -125,6 +125,19 @@ def test_cosine_lr_matches_darts_schedule():
     assert [cosine_lr(e, 50, 0.025, 0.001) for e in range(50)] == pytest.approx(sched_lrs)
 
 
+def test_resolution_4_refuses_one_image_batches_up_front():
+    # 4 x 4 images end as 1 x 1 maps: a 1-image batch (here the 11th of 11 at batch size 10) made BatchNorm
+    # raise a ValueError traceback in the middle of the first epoch.
+    with pytest.raises(DnasError, match=r"resolution 4: the w-train split \(11 images, batch size 10\) has a 1-image"):
+        build_run(tiny(resolution=4, subset=22, batch_size=10))
+    with pytest.raises(DnasError, match=r"the w-train split \(11 images, batch size 1\)"):
+        build_run(tiny(resolution=4, subset=22, batch_size=1))
+    run = build_run(tiny(resolution=4, subset=22, batch_size=11))  # 11 + 11: no 1-image batch
+    m = run.searcher(quiet=True).train_epoch(0)
+    assert m["arch_steps_epoch"] == 1 and math.isfinite(m["train_loss"])
+    build_run(tiny(resolution=8, subset=22, batch_size=10))  # 2 x 2 maps: a 1-image batch is fine
+
+
 def test_second_order_gradient_matches_exact_unrolled_gradient():
     """The finite-difference Hessian-vector product agrees with autograd through the virtual step."""
     torch.manual_seed(0)
@@ -607,3 +620,61 @@ def test_leaving_an_inner_override_restores_the_outer_one():
             assert torch.equal(arch.weights("cell"), outer)
         assert torch.equal(arch.weights("cell"), outer)
     assert torch.equal(arch.weights("cell"), arch.base_weights("cell"))
+
+
+def test_resume_a_run_saved_on_more_gpus_than_this_machine_has(tmp_path, monkeypatch):
+    """A checkpoint from a process that saw 2 GPUs (one CUDA RNG state each) resumes where only 1 is visible
+    (another machine, a smaller CUDA_VISIBLE_DEVICES): the states of the GPUs present are restored."""
+    import torch.cuda.random as cuda_random
+
+    out = tmp_path / "r"
+    real = Searcher.train_epoch
+
+    def dying(self, epoch, *a, **k):
+        if epoch == 1:
+            raise KeyboardInterrupt  # stopped during the second epoch (say, the job's time ran out)
+        return real(self, epoch, *a, **k)
+
+    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny(out, epochs=2), quiet=True)
+    monkeypatch.setattr(Searcher, "train_epoch", real)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    saved = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
+    ck["rng"]["cuda"] = saved  # what torch.cuda.get_rng_state_all() gave on the 2-GPU machine
+    torch.save(ck, out / "checkpoint.pt")
+
+    restored = {}
+
+    def set_state(state, device="cuda"):  # as torch: default_generators[index], one per GPU present
+        index = device if isinstance(device, int) else torch.device(device).index or 0
+        if index >= 1:
+            raise IndexError("tuple index out of range")
+        restored[index] = state
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [saved[0]])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", set_state)
+    monkeypatch.setattr(cuda_random, "set_rng_state", set_state)
+    run_search(tiny(out, epochs=2), resume=True, quiet=True)
+    assert list(restored) == [0] and torch.equal(restored[0], saved[0])
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_a_diverging_search_stops_before_saving_nan(tmp_path):
+    # lr 1e6 without clipping: the loss is finite in epoch 1 and NaN in epoch 2. The run must stop with one
+    # clear error, and nothing non-finite may reach metrics.jsonl, the checkpoint or a genotype.
+    out = tmp_path / "run"
+    cfg = tiny(out, w_lr=1e6, w_lr_min=0.0, grad_clip=0.0, epochs=3, subset=128, resolution=8)
+    with pytest.raises(DnasError, match=r"search diverged: the (w|α) loss is nan at epoch \d+, mini-batch \d+"):
+        run_search(cfg, quiet=True)
+    assert not (out / "result.json").exists() and not (out / "selections" / "magnitude.json").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) < 3
+    for r in rows:
+        assert math.isfinite(r["train_loss"]) and all(math.isfinite(v) for row in r["alpha"]["cell"] for v in row)
+    if rows:
+        state = torch.load(out / "checkpoint.pt", weights_only=False)["searcher"]
+        assert state["epoch"] == len(rows)
+        assert all(torch.isfinite(v).all() for k, v in state["model"].items() if "alpha" in k)

@@ -773,3 +773,35 @@ def test_zeros_scores_one_all_ones_image():
     a = model.arch.alphas["cell"]
     (g,) = torch.autograd.grad(model(torch.ones(1, 3, 8, 8, dtype=torch.float64)).sum(), [a])
     assert torch.allclose(s, (a * g).abs().detach(), rtol=1e-12, atol=0) and float(s.max()) > 0
+
+
+@pytest.mark.parametrize("poison", ["alpha", "w"])
+def test_selectors_refuse_a_supernet_with_nan(tmp_path, poison):
+    # A run whose checkpoint holds NaN (a search that diverged) used to give every selector a genotype:
+    # magnitude and pt "|none~0|+|none~0|none~1|+...|" (argmax of NaN, all-tied accuracies), ostr all skips.
+    out = tmp_path / "run"
+    run_search(tiny_config(out=str(out), subset=64), quiet=True)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    model = state["searcher"]["model"]
+    key = next(k for k in model if ("alpha" in k) == (poison == "alpha") and model[k].is_floating_point()
+               and (poison == "alpha" or k.endswith("weight")))
+    model[key] = torch.full_like(model[key], math.nan)
+    torch.save(state, out / "checkpoint.pt")
+    for method in ("magnitude", "ostr"):
+        with pytest.raises(DnasError, match=rf"checkpoint.pt: the supernet has NaN/inf values \({key}"):
+            run_selection(out, method, quiet=True)
+    assert not (out / "selections" / "ostr.json").exists()
+    assert json.loads((out / "result.json").read_text())["selections"].keys() == {"magnitude"}
+
+
+@pytest.mark.parametrize("space", ["nb201", "darts"])
+def test_discretize_refuses_nan_scores_but_takes_minus_inf(space):
+    sp = get_space(space)
+    scores = {ct: torch.rand(c.num_edges, c.num_ops) for ct, c in sp.cells.items()}
+    ct = sp.cell_types[0]
+    ok = {k: v.clone() for k, v in scores.items()}
+    ok[ct][1, 1] = -math.inf
+    assert sp.discretize(ok) == sp.discretize({k: torch.where(torch.isinf(v), -1.0, v) for k, v in ok.items()})
+    scores[ct][1, 2] = math.nan
+    with pytest.raises(DnasError, match=rf"cannot discretise NaN scores \({ct} edge 1:"):
+        sp.discretize(scores)

@@ -132,7 +132,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw: a machine (or CUDA_VISIBLE_DEVICES) with fewer GPUs
+        # restores the ones it has (set_rng_state_all would fail on the first GPU it lacks).
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
 
 
 def seed_everything(seed: int) -> None:
@@ -224,8 +227,15 @@ def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise DnasError("--device cuda requested but no CUDA device is available")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise DnasError(f"unknown device {name!r} (use auto, cpu or cuda)")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:  # "cuda:x"
+        raise DnasError(f"unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":  # "cuda:N" too, e.g. a run's saved device read on another machine
+        if not torch.cuda.is_available():
+            raise DnasError(f"--device {name} requested but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DnasError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

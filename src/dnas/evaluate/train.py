@@ -41,7 +41,7 @@ from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_
                       read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state,
                       truncate_metrics, update_result)
 from ..spaces import get_space
-from ..supernet import check_resolution
+from ..supernet import check_bn_batches, check_resolution
 from ..tensorboard import tb_log
 from .counts import count_flops, count_params
 from .darts_net import auxiliary_fits, check_darts_size
@@ -221,6 +221,19 @@ def evaluate(model: nn.Module, loader: BatchLoader, ctx: DistContext) -> dict[st
     return {"loss": s_loss / max(s_seen, 1), "acc": 100.0 * s_correct / max(s_seen, 1)}
 
 
+def _check_finite(model: nn.Module, record: dict[str, Any], epoch: int, config: "TrainConfig") -> None:
+    """Stop before a diverged epoch is saved: NaN weights still give an "accuracy" (argmax of NaN logits),
+    which result.json would report as the architecture's test accuracy. Losses are summed over the ranks and
+    DDP keeps the weights equal, so every rank stops at the same epoch."""
+    bad = [k for k in ("train_loss", "test_loss") if k in record and not math.isfinite(record[k])]
+    params = list(model.parameters())
+    if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+        bad.append("weights")
+    if bad:
+        raise DnasError(f"training diverged in epoch {epoch + 1} (non-finite {', '.join(bad)}; lr {record['lr']:g}, "
+                        f"grad clip {config.grad_clip:g}); nothing of this epoch was saved: lower --lr and start again")
+
+
 # -- the run ------------------------------------------------------------------------------------------------
 
 def _on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
@@ -306,6 +319,8 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     """``train_network`` once the data is loaded and the run directory is locked."""
     space = get_space(config.space)
     genotype = space.parse(config.genotype)
+    per_rank = -(-len(train_set) // ctx.world_size)  # as BatchLoader pads the epoch over the ranks
+    check_bn_batches(train_set.resolution, max(config.batch_size // ctx.world_size, 1), {"training": per_rank})
     cfg_dict = asdict(config)
     _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
@@ -376,6 +391,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
                 ctx.broadcast_buffers(model)
                 last_test = evaluate(model, test_loader, ctx)
                 record.update(test_loss=last_test["loss"], test_acc=last_test["acc"])
+            _check_finite(model, record, epoch, config)
             record["seconds"] = round(time.time() - t0, 3)
             elapsed += record["seconds"]
             bar.set_postfix(epoch=epoch, loss=f"{tr['loss']:.3f}",

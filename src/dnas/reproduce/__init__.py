@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..errors import DnasError
 from ..io import atomic_write_json, read_json
-from .execute import LocalPool, Outcome, RayPool, run_jobs
+from .execute import LocalPool, Outcome, RayPool, gpu_slots, run_jobs
 from .jobs import Job, plan
 from .protocols import PAPER, PROTOCOLS, PaperNumber, Protocol, get_protocol
 from .report import write_report
@@ -112,7 +112,8 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
                 workers = _default_workers(device or proto.device)
                 if threads:
                     workers = max(1, min(workers, (os.cpu_count() or 1) // threads))
-            pool = LocalPool(threads or max(1, (os.cpu_count() or 1) // workers))
+            pool = LocalPool(threads or max(1, (os.cpu_count() or 1) // workers),
+                             gpus=gpu_slots(device or proto.device))
     if not (out / PROTOCOL_FILE).exists():
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / PROTOCOL_FILE, proto.to_json())

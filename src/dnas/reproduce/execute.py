@@ -38,22 +38,51 @@ def run_subprocess(path: str, threads: int, log: str) -> int:
     return proc.returncode
 
 
-class LocalPool:
-    """Jobs as subprocesses of this process."""
+def gpu_slots(device: str) -> list[str]:
+    """The GPUs local jobs share out, as ``CUDA_VISIBLE_DEVICES`` entries (this process's own list when it has
+    one); none for a CPU protocol, a named device (``cuda:1``: every job there) or a machine without CUDA."""
+    if device not in ("auto", "cuda"):
+        return []
+    import torch
+    if not torch.cuda.is_available():
+        return []
+    n = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip():
+        return [v.strip() for v in visible.split(",") if v.strip()][:n]
+    return [str(i) for i in range(n)]
 
-    def __init__(self, threads: int):
+
+class LocalPool:
+    """Jobs as subprocesses of this process. With ``gpus`` each job sees one of them (``CUDA_VISIBLE_DEVICES``),
+    the least busy one, so K workers on K GPUs run one job per GPU instead of K jobs on ``cuda:0``."""
+
+    def __init__(self, threads: int, gpus: list[str] | None = None):
         self.threads = threads
+        self.gpus = list(gpus or [])
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Any] = {}
+        self.gpu_of: dict[str, str] = {}
 
     def describe(self) -> str:
-        return f"local processes, {self.threads} thread(s) each"
+        gpus = f", one of GPUs {','.join(self.gpus)} each" if self.gpus else ""
+        return f"local processes, {self.threads} thread(s) each{gpus}"
+
+    def _free_gpu(self) -> str:
+        busy = {g: 0 for g in self.gpus}
+        for n in self.procs:
+            if n in self.gpu_of:
+                busy[self.gpu_of[n]] += 1
+        return min(self.gpus, key=lambda g: busy[g])  # ties: the first listed
 
     def submit(self, name: str, path: Path) -> None:
+        env = {**os.environ, **thread_env(self.threads)}
+        if self.gpus:
+            self.gpu_of[name] = env["CUDA_VISIBLE_DEVICES"] = self._free_gpu()
         log = open(path / LOG, "ab")
         self.logs[name] = log
         self.procs[name] = subprocess.Popen(worker_command(str(path), self.threads), stdout=log,
-                                            stderr=subprocess.STDOUT, env={**os.environ, **thread_env(self.threads)})
+                                            stderr=subprocess.STDOUT, env=env)
 
     def wait(self, timeout: float) -> list[tuple[str, int, str]]:
         """(name, exit code, error text) of the jobs that ended within ``timeout`` seconds."""
@@ -65,6 +94,7 @@ class LocalPool:
             time.sleep(min(0.2, max(0.0, deadline - time.time())))
         for n, _ in done:
             del self.procs[n]
+            self.gpu_of.pop(n, None)
             self.logs.pop(n).close()
         return [(n, rc, "") for n, rc in done]
 
@@ -80,6 +110,7 @@ class LocalPool:
             log.close()
         self.procs.clear()
         self.logs.clear()
+        self.gpu_of.clear()
 
 
 class RayPool:

@@ -17,7 +17,7 @@ from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir,
                       update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
-from ..supernet import build_supernet
+from ..supernet import build_supernet, check_bn_batches
 from ..tensorboard import tb_log
 from .config import SearchConfig
 from .modes import check_mode_applied, get_mode
@@ -60,6 +60,7 @@ def build_run(config: SearchConfig) -> SearchRun:
                         f"{1 - config.train_portion:g}")
     tr_idx, va_idx = split_indices(len(data), config.train_portion)
     bs = config.batch_size
+    check_bn_batches(data.resolution, bs, {"w-train": len(tr_idx), "α-valid": len(va_idx)})
     train = BatchLoader(data, tr_idx, bs, augment=True, seed=config.seed, stream=0, device=device)
     valid = BatchLoader(data, va_idx, bs, augment=True, seed=config.seed, stream=1, device=device)
     valid_eval = BatchLoader(data, va_idx, max(bs, 256), augment=False, shuffle=False, seed=config.seed,
@@ -80,7 +81,13 @@ def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = C
     config = SearchConfig.from_json(cfg_dict)
     run = build_run(config)
     state = load_checkpoint(run_dir, checkpoint)
-    run.model.load_state_dict(state["searcher"]["model"])
+    weights = state["searcher"]["model"]
+    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:  # every selector would still return a genotype (argmax of NaN, all-equal NaN accuracies...)
+        raise DnasError(f"{run_dir / checkpoint}: the supernet has NaN/inf values ({bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): its search diverged and nothing "
+                        f"can be selected from it; search again with a lower --lr / --arch-lr")
+    run.model.load_state_dict(weights)
     return run
 
 

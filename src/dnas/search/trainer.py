@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data import BatchLoader
+from ..errors import DnasError
 from ..supernet import weight_parameters
 from .config import SearchConfig
 from .pieces import ArchSchedule, ArchUpdate, Batch, Regulariser, WeightOverride
@@ -127,19 +128,36 @@ class Searcher:
                 self._set_lr(cosine_lr(epoch * n + i, self.total_epochs * n, cfg.w_lr, cfg.w_lr_min))
             if self.recipe.schedule.should_step(self):
                 vx, vy = next(valid)
-                arch_loss_sum += self.arch_step((x, y), (vx, vy))
+                a_loss = self.arch_step((x, y), (vx, vy))
+                self._check_finite("α", a_loss, epoch, i)
+                arch_loss_sum += a_loss
                 arch_count += 1
             loss, c = self.w_step(x, y)
+            self._check_finite("w", loss, epoch, i)
             self.step += 1
             loss_sum += loss * len(y)
             correct += c
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
+        params = self.w_params + self.a_params
+        if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+            raise DnasError(f"search diverged: non-finite w or α after epoch {epoch + 1} (w lr {self.current_lr:g}, "
+                            f"α lr {self.config.arch_lr:g}); nothing of this epoch was saved: lower --lr / --arch-lr "
+                            f"and start again")
         self.epoch = epoch + 1
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "arch_loss": arch_loss_sum / arch_count if arch_count else None, "arch_steps_epoch": arch_count,
                 "arch_steps": self.arch_steps, "lr": self.current_lr, "seconds": time.time() - t0}
+
+    def _check_finite(self, which: str, loss: float, epoch: int, i: int) -> None:
+        """Stop at the first NaN/inf loss: the step that produced it has already poisoned w or α, and every
+        later epoch (its α snapshot, genotype and checkpoint) would be garbage. Nothing of this epoch is saved."""
+        if not math.isfinite(loss):
+            raise DnasError(f"search diverged: the {which} loss is {loss} at epoch "
+                            f"{epoch + 1}, mini-batch {i + 1} (w lr {self.current_lr:g}, "
+                            f"α lr {self.config.arch_lr:g}, grad clip {self.config.grad_clip:g}); nothing of this "
+                            f"epoch was saved: lower --lr / --arch-lr and start again")
 
     def _set_lr(self, lr: float) -> None:
         self.current_lr = lr

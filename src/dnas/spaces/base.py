@@ -10,6 +10,8 @@ from typing import Any, Mapping, Protocol
 
 import torch
 
+from ..errors import DnasError
+
 Edge = tuple[int, int]  # (source node, destination node)
 
 
@@ -73,7 +75,13 @@ class Space:
         return _family(self.family).from_json(self, obj)
 
     def discretize(self, scores: Mapping[str, torch.Tensor]) -> Genotype:
-        """The space's standard rule: higher score = stronger op / edge."""
+        """The space's standard rule: higher score = stronger op / edge. NaN scores are refused (argmax and
+        sorting would pick an arbitrary op); -inf is allowed (an op that must not be picked)."""
+        for ct, s in scores.items():
+            t = torch.as_tensor(s)
+            if bool(torch.isnan(t).any()):
+                e = int(torch.isnan(t).any(1).nonzero()[0])
+                raise DnasError(f"space {self.name}: cannot discretise NaN scores ({ct} edge {e}: {t[e].tolist()})")
         return _family(self.family).discretize(self, scores)
 
     def genotype_mask(self, genotype: Genotype) -> dict[str, torch.Tensor]:

@@ -59,6 +59,18 @@ def check_resolution(resolution: int | None) -> None:
         raise DnasError(f"--resolution must be a multiple of 4 (the networks halve the map twice), got {resolution}")
 
 
+def check_bn_batches(resolution: int, batch_size: int, sizes: dict[str, int]) -> None:
+    """At resolution 4 the last stage's maps are 1 x 1, so a train-mode BatchNorm there sees one value per
+    channel when a batch holds one image, and torch raises mid-epoch. Refuse such splits up front."""
+    if resolution > 4:  # 8 px ends at 2 x 2, enough for one image
+        return
+    for name, n in sizes.items():
+        if min(batch_size, n) == 1 or n % batch_size == 1:
+            raise DnasError(f"resolution {resolution}: the {name} split ({n} images, batch size {batch_size}) has a "
+                            f"1-image batch, which BatchNorm cannot train on at the last stage's 1 x 1 maps; use "
+                            f"--resolution 8 or more, or another --batch-size / --subset")
+
+
 def check_node_bn(space: Space, node_bn: bool) -> None:
     """Node BN is DARTS-PRIME's change to the DARTS-space cell; NB201 cells have no such option."""
     if node_bn and space.family != "darts":
@@ -90,4 +102,4 @@ def frozen_weights(params: list[nn.Parameter]) -> Iterator[None]:
 
 
 __all__ = ["ACTIVATIONS", "ArchState", "DEFAULT_CELLS", "DartsSupernet", "IMPLS", "Nb201Network", "Nb201Supernet",
-           "build_supernet", "check_node_bn", "check_resolution", "frozen_weights", "weight_parameters"]
+           "build_supernet", "check_bn_batches", "check_node_bn", "check_resolution", "frozen_weights", "weight_parameters"]
