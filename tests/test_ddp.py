@@ -112,6 +112,17 @@ def test_single_process_without_torchrun(monkeypatch):
         init_distributed("cpu")
 
 
+def test_more_local_ranks_than_gpus_is_one_line(monkeypatch):
+    # torchrun --nproc_per_node 4 on a 2-GPU machine: rank 2 used to die in torch.cuda.set_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: pytest.fail("set_device reached"))
+    for var, value in (("WORLD_SIZE", "4"), ("RANK", "2"), ("LOCAL_RANK", "2")):
+        monkeypatch.setenv(var, value)
+    with pytest.raises(DnasError, match=r"local rank 2 but this machine has 2 GPU\(s\)"):
+        init_distributed("cuda")
+
+
 def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
     ctx = _join(rank, world, port)
     try:

@@ -82,6 +82,9 @@ def init_distributed(device: str = "auto") -> DistContext:
     if use_cuda:
         if not torch.cuda.is_available():
             raise DnasError("--device cuda requested but no CUDA device is available")
+        if local >= torch.cuda.device_count():  # more processes per node than GPUs: one GPU per rank
+            raise DnasError(f"torchrun started local rank {local} but this machine has "
+                            f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node <= the GPU count")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:
