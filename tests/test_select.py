@@ -140,6 +140,22 @@ def test_ostr_picks_none_only_when_asked(monkeypatch):
     assert select("ostr", run).scores["cell"][0] == crafted[0].tolist()  # scores are reported unmasked
 
 
+def test_ostr_include_none_keeps_removed_ops_and_fixed_edges_out(monkeypatch):
+    """include_none lets none win at S = 0, but a removed none (crb pruning) is not in the supernet any more,
+    and a fixed edge keeps its op."""
+    run = build_run(tiny_config())
+    arch = run.model.arch
+    arch.remove_op("cell", 0, 0)  # none is gone from edge 0
+    arch.remove_op("cell", 2, 0)
+    arch.remove_op("cell", 2, 2)  # edge 2: none and conv1x1 gone (both would score exactly 0)
+    arch.fix_edge("cell", 1, 1)   # edge 1 decided: skip_connect
+    crafted = torch.tensor([[0.0, -1.0, -2.0, -0.5, -3.0]] * 6)  # none, skip, conv1x1, conv3x3, pool
+    crafted[2] = torch.tensor([0.0, -1.0, 0.0, -0.5, -3.0])
+    monkeypatch.setattr(ostr_mod, "operation_strength", lambda *a, **k: ({"cell": crafted.clone()}, 1))
+    ops = select("ostr", run, include_none=True).genotype.ops
+    assert ops == ("nor_conv_3x3", "skip_connect", "nor_conv_3x3", "none", "none", "none")
+
+
 def test_ostr_train_mode_bn_blurs_a_sole_contributor(dominated):
     """Why ostr defaults to eval-mode BN: batch statistics undo a rescaling of the cell output."""
     loader = scoring_loader(dominated)
@@ -586,9 +602,37 @@ def test_pt_topology_drops_the_least_important_input_ties_to_the_later_edge(crit
     edge, until two inputs remain. Node 5 (edges 9-13) on hand-set results."""
     acc = {9: 30, 10: 50, 11: 20, 12: 50, 13: 40}
     d = _bare_pt(criterion)
+    d.arch = build_run(tiny_config("s5", subset=64)).model.arch
     d._eval = lambda ct, zero: pt_mod.EvalResult(acc[zero[0]], 100.0 - acc[zero[0]], 64, 1)
     removed, info = d.topology("normal", 5, [9, 10, 11, 12, 13])
     assert removed == [12, 10, 13] and [r["dropped"] for r in info["rounds"]] == [12, 10, 13]
+
+
+def test_pt_topology_never_keeps_an_input_with_no_live_op():
+    """crb pruning removed every op of 0->3 before PT fixed that edge: removing it changes nothing (the
+    baseline accuracy), and 1->3's removal even helps, yet 1->3 is a live input and 0->3 is not. The node
+    keeps its two live inputs and the genotype names no removed op."""
+    run = build_run(tiny_config("s5", subset=64))
+    arch = run.model.arch
+    for ct in arch.cell_types:
+        for e in range(14):
+            arch.fix_edge(ct, e, 4)  # sep_conv_5x5 everywhere
+    for k in range(7):
+        arch.remove_op("normal", 2, k)
+    d = pt_mod.PtDecider(run, {**pt_mod.DEFAULTS, "max_batches": 1})
+    acc = {2: 50, 3: 55, 4: 30}
+    d._eval = lambda ct, zero: pt_mod.EvalResult(acc[zero[0]], 1.0, 64, 1)
+    removed, info = d.topology("normal", 3, [2, 3, 4])
+    assert removed == [2] and info["rounds"][0]["dropped"] == 2
+    for e in removed:
+        arch.remove_edge("normal", e)
+    g = run.space.discretize({ct: arch.base_weights(ct).detach() for ct in arch.cell_types})
+    assert sorted(g.normal[2:4], key=lambda p: p[1]) == [("sep_conv_5x5", 1), ("sep_conv_5x5", 2)]
+    # more dead inputs than the node can lose: the later one goes, the earlier stays (the genotype needs two)
+    arch.mask("normal")[2] = 0.0
+    arch.mask("normal")[4] = 0.0
+    removed, _ = d.topology("normal", 3, [2, 3, 4])
+    assert removed == [4]
 
 
 def test_pt_candidate_evaluation_zeroes_exactly_one_entry(monkeypatch):
@@ -708,6 +752,24 @@ def test_ostr_decider_on_hand_set_scores(monkeypatch):
     assert removed == [9, 12, 13]
 
 
+def test_ostr_progressive_topology_drops_a_removed_input_first():
+    """An input whose ops were all removed (crb pruning) scores exactly 0; the topology step must not keep
+    it over live inputs whose chosen op has S < 0."""
+    dr = build_run(tiny_config("s2", subset=64))
+    arch = dr.model.arch
+    for e in range(9, 14):
+        arch.fix_edge("normal", e, 1)
+    arch.remove_op("normal", 9, 0)
+    arch.remove_op("normal", 9, 1)  # input 0 of node 5: nothing left
+    d = ostr_mod.OstrDecider(dr.model, None, dict(ostr_mod.DEFAULTS))
+    s = torch.zeros(14, 2, dtype=torch.float64)
+    s[10:14, 1] = torch.tensor([-1.0, -2.0, -3.0, -4.0])
+    d._scores = lambda ct: s
+    removed, info = d.topology("normal", 5, [9, 10, 11, 12, 13])
+    assert removed == [9, 12, 13]
+    assert info["candidates"]["9"]["ostr"] == 0.0  # the record keeps the score itself
+
+
 def test_ostr_one_shot_keeps_a_fixed_edge(monkeypatch):
     run = build_run(tiny_config())
     skip = run.space.cells["cell"].op_index(0, "skip_connect")
@@ -716,6 +778,26 @@ def test_ostr_one_shot_keeps_a_fixed_edge(monkeypatch):
     monkeypatch.setattr(ostr_mod, "operation_strength", lambda *a, **k: ({"cell": crafted.clone()}, 1))
     ops = select("ostr", run).genotype.ops
     assert ops[0] == "skip_connect" and set(ops[1:]) == {"nor_conv_3x3"}
+
+
+def test_ostr_one_shot_darts_never_prefers_a_removed_edge(monkeypatch):
+    """crb pruning can remove every op of an edge; those ops are never computed and score exactly 0.
+    A node with two live inputs must take them, even when their best S is negative."""
+    run = build_run(tiny_config("s5", subset=64))
+    for k in range(run.space.cells["normal"].num_ops):
+        run.model.arch.remove_op("normal", 2, k)  # edge 0->3 is gone
+    crafted = {ct: torch.full((14, 7), -3.0, dtype=torch.float64) for ct in ("normal", "reduce")}
+    crafted["normal"][2] = 0.0
+    crafted["normal"][3, 1] = -1.0  # 1->3: avg_pool_3x3 (s5 ops: max, avg, skip, ...)
+    crafted["normal"][4, 2] = -2.0  # 2->3: skip_connect
+    monkeypatch.setattr(ostr_mod, "operation_strength",
+                        lambda *a, **k: ({ct: t.clone() for ct, t in crafted.items()}, 1))
+    g = select("ostr", run).genotype
+    assert sorted(g.normal[2:4], key=lambda p: p[1]) == [("avg_pool_3x3", 1), ("skip_connect", 2)]
+    # a node left with a single live input still gets two (the genotype needs them): the removed edge
+    for k in range(7):
+        run.model.arch.remove_op("normal", 3, k)
+    assert {j for _, j in select("ostr", run).genotype.normal[2:4]} == {0, 2}
 
 
 def test_zeros_init_takes_absolute_values_and_keeps_alpha_sign_per_family():

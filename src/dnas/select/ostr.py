@@ -144,9 +144,16 @@ class OstrDecider:
 
     def topology(self, ct: str, node: int, edges: list[int]) -> tuple[list[int], dict[str, Any]]:
         s = self._scores(ct)
-        fixed = self.model.arch.fixed(ct).tolist()
+        arch = self.model.arch
+        fixed = arch.fixed(ct).tolist()
+        names = arch.space.cells[ct].ops
+        with torch.no_grad():
+            w = arch.base_weights(ct).detach().cpu()
+        # An input with no live op left (crb pruning removed them all) is not computed: its S is exactly 0,
+        # which must not beat a live input whose S < 0. It is kept only when fewer than two are live.
+        dead = {e for e in edges if not any(float(w[e, k]) != 0 and n != "none" for k, n in enumerate(names[e]))}
         strength = {e: float(s[e, fixed[e]]) if fixed[e] >= 0 else float(s[e].max()) for e in edges}
-        keep = sorted(edges, key=lambda e: (-strength[e], e))[:2]
+        keep = sorted(edges, key=lambda e: (e in dead, -strength[e], e))[:2]
         return [e for e in edges if e not in keep], {"candidates": {str(e): {"ostr": v} for e, v in strength.items()}}
 
 
@@ -159,18 +166,24 @@ def _progressive_table(run: "SearchRun", decisions: list[dict[str, Any]]) -> dic
     return table
 
 
-def _without_none(run: "SearchRun", scores: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The scores with ``none`` and removed ops at -inf, so discretising never picks them; an edge with
-    nothing else left (removed, or fixed to ``none``) keeps its scores, and ``none`` wins there."""
+def _pickable(run: "SearchRun", scores: dict[str, torch.Tensor], include_none: bool) -> dict[str, torch.Tensor]:
+    """The scores with removed ops, the other ops of fixed edges and (unless ``include_none``) ``none`` at
+    -inf, so discretising never picks them. An edge with nothing else left (removed, or fixed to ``none``):
+    NB201 keeps its scores, and ``none`` wins there; DARTS spaces put the whole row at -inf, so a node takes
+    such an edge only when it has fewer than two live inputs (its removed ops score exactly 0, which would
+    otherwise beat a live edge whose S < 0)."""
     arch, out = run.model.arch, {}
+    darts = run.space.family == "darts"
     for ct, s in scores.items():
         s = s.clone()
         mask, fixed = arch.mask(ct).detach().cpu(), arch.fixed(ct).tolist()
         for e, names in enumerate(run.space.cells[ct].ops):
             keep = [k for k, name in enumerate(names)
-                    if name != "none" and mask[e, k] != 0 and fixed[e] in (-1, k)]
+                    if (include_none or name != "none") and mask[e, k] != 0 and fixed[e] in (-1, k)]
             if keep:
                 s[e, [k for k in range(len(names)) if k not in keep]] = float("-inf")
+            elif darts:
+                s[e] = float("-inf")
         out[ct] = s
     return out
 
@@ -205,7 +218,8 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     t0 = time.time()
     scores, n = operation_strength(model, loader, bn_train=opts["bn_mode"] == "train", max_batches=opts["batches"],
                                    absolute=opts["abs"], weighted=opts["weighted"])
-    pickable = scores if opts["include_none"] else _without_none(run, scores)  # DARTS spaces drop none anyway
+    # DARTS spaces drop none anyway; with include_none (NB201) removed ops and fixed edges still bind
+    pickable = _pickable(run, scores, opts["include_none"])
     return Selection(method="ostr", space=run.space.name, genotype=run.space.discretize(pickable),
                      scores=scores_to_json(scores),
                      cost={"seconds": time.time() - t0, "forward_passes": n, "finetune_epochs": 0}, options=opts)
