@@ -38,6 +38,7 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--epochs", "x"], "invalid int"),
     (["search", "--out", "{tmp}/a", "--activation", "relu"], "unknown activation"),
     (["search", "--out", "{tmp}/a", "--device", "tpu"], "unknown device"),
+    (["select", "--method", "zeros", "--space", "nb201", "--option", "device=5"], "unknown device 5"),  # not a str
     (["search", "--out", "{tmp}/a", "--subset", "5"], "subset"),
     (["search", "--out", "{tmp}/a", "--resolution", "10"], "multiple of 4"),
     (["search", "--out", "{tmp}/a", "--option", "bogus=1"], "--option bogus: not used by mode darts1"),
@@ -54,6 +55,8 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["train", "--space", "nb201", "--arch", NB201_ARCH, "--dataset", "synthetic", "--out", "{tmp}/file.txt"],
      "is a file"),
     (["reproduce", "smoke", "--out", "{tmp}/file.txt"], "is not a directory"),
+    # checked before anything is written, not by every job failing on it
+    (["reproduce", "smoke", "--out", "{tmp}/a", "--device", "bogus", "--quiet"], "unknown device 'bogus'"),
     (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/file.txt/cell.png"], "file.txt"),
     (["analyze", "genotype", "--space", "nb201", NB201_ARCH, "--out", "{tmp}/cell.txt"], "cannot write a figure as .txt"),
     ([*TRAIN_NB201, "--momentum", "-1"], "--momentum must be in [0, 1)"),
@@ -62,6 +65,11 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--lr", "0"], "--lr must be a finite number > 0"),
     (["search", "--out", "{tmp}/a", "--arch-lr", "nan"], "--arch-lr must be a finite number > 0"),
     (["search", "--out", "{tmp}/a", "--weight-decay", "-1"], "--weight-decay must be a finite number >= 0"),
+    # beyond float32: torch's overflow error came mid-step, after the run directory was created
+    (["search", "--out", "{tmp}/a", *TINY, "--weight-decay", "1e308"], "--weight-decay must be a finite number"),
+    (["search", "--out", "{tmp}/a", *TINY, "--arch-lr", "1e308"], "--arch-lr must be a finite number"),
+    ([*TRAIN_NB201, "--epochs", "1", "--channels", "4", "--layers", "1", "--subset", "100", "--lr", "1e308"],
+     "--lr must be a finite number"),
     (["search", "--out", "{tmp}/a", "--train-portion", "1"], "train portion must be in (0, 1)"),
     (["search", "--out", "{tmp}/a", "--eval-every", "-1"], "--eval-every must be >= 0"),
     (["search", "--out", "{tmp}/a", "--mode", "prime", "--train-portion", "0.5"], "sets train_portion itself"),
@@ -106,12 +114,45 @@ def test_search_runs_and_refuses_to_overwrite(tmp_path, capsys):
     assert code == 2 and "different settings" in err
 
 
+def test_train_force_refused_for_a_bad_setting_keeps_the_old_run(tmp_path, capsys):
+    out = tmp_path / "t"
+    tiny = [*(a.replace("{tmp}/a", str(out)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4", "--layers",
+            "1", "--subset", "100", "--test-subset", "50", "--quiet"]
+    assert run_cli(tiny, capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    # NB201 has no auxiliary head: refused before --force deletes the finished run
+    code, _, err = run_cli([*tiny, "--force", "--auxiliary-weight", "0.4"], capsys)
+    assert code == 2 and "NB201 networks have no auxiliary head" in err and len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli(["search", "--out", str(out), *TINY, "--resume"], capsys)
     assert code == 2 and "corrupt checkpoint" in err and len(err.strip().splitlines()) == 1
+
+
+def test_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path, capsys):
+    import torch
+    out = tmp_path / "run"
+    assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
+    ckpt = out / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    # an older layout (renamed parameters), then a checkpoint with no search state (a training run's)
+    state["searcher"]["model"] = {f"old.{k}": v for k, v in state["searcher"]["model"].items()}
+    torch.save(state, ckpt)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for args in (["select", str(out), "--method", "magnitude", "--quiet"],
+                 ["search", "--out", str(out), *TINY, "--resume"]):
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and "does not fit the supernet" in err and len(err.strip().splitlines()) == 1, err
+    torch.save({"model": {}, "rng": state["rng"]}, ckpt)
+    files[ckpt] = ckpt.read_bytes()
+    code, _, err = run_cli(["select", str(out), "--method", "magnitude", "--quiet"], capsys)
+    assert code == 2 and "not a search checkpoint" in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
 
 def test_console_script_entry_point(tmp_path):
@@ -178,6 +219,27 @@ def test_train_resume_without_checkpoint_redoes_its_metric_lines(tmp_path, capsy
     (out / "result.json").unlink()
     assert run_cli(args + ["--resume"], capsys)[0] == 0
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_torn_or_garbled_metrics_log_for_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "run"
+    assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
+    metrics = out / "metrics.jsonl"
+    good = metrics.read_text()
+    metrics.write_text(good + '{"epoch": 1, "train_lo')  # a kill or a full disk mid-append: dropped, as on resume
+    code, stdout, err = run_cli(["analyze", "plots", str(out), "--engine", "matplotlib"], capsys)
+    assert code == 0, err
+    assert (out / "analysis" / "accuracy.png").exists()
+    for bad, needle in (("garbage\n" + good, "metrics.jsonl:1: not a JSON line"),
+                        ("[1, 2]\n" + good, "metrics.jsonl:1: not a JSON object")):
+        metrics.write_text(bad)
+        code, _, err = run_cli(["analyze", "plots", str(out), "--engine", "matplotlib"], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    metrics.write_bytes(b"\xff\xfe" + good.encode())
+    code, _, err = run_cli(["analyze", "plots", str(out), "--engine", "matplotlib"], capsys)
+    assert code == 2 and "not a JSON-lines file" in err and len(err.strip().splitlines()) == 1, err
+
 
 
 def test_bad_threads_variable_and_bad_table_fail_up_front(tmp_path, capsys, monkeypatch):
@@ -282,3 +344,28 @@ def test_a_run_saved_with_a_numbered_gpu_on_a_machine_without_it(tmp_path, capsy
     code, _, err = run_cli(["search", "--out", str(tmp_path / "b"), *TINY, "--device", "cuda:x"], capsys)
     assert code == 2 and "unknown device" in err
     assert run_cli(["select", str(run), "--method", "magnitude", "--device", "cpu"], capsys)[0] == 0
+
+def test_run_files_that_are_json_but_not_objects(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
+    train = ["train", "--run", str(out), "--out", str(tmp_path / "t"), "--quiet"]
+    ops = ["analyze", "ops", str(out), "--table", str(tmp_path / "none.csv"), "--no-plot"]
+    plots = ["analyze", "plots", str(out)]
+    originals = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cases = [("config.json", "[]", train, "config.json: not a dnas run file"),
+             ("result.json", "[]", train, "result.json: not a dnas run file"),
+             ("result.json", '{"space": "nb201", "selections": ["magnitude"]}', [*train, "--selection", "magnitude"],
+              "selections are not a JSON object"),
+             ("config.json", "[]", ops, "config.json: not a dnas run configuration"),
+             ("config.json", "{}", ops, "config.json: not a dnas run configuration"),
+             ("config.json", "null", plots, "config.json: not a dnas run configuration"),
+             ("selections/magnitude.json", '{"method": "magnitude", "scores": "x"}', ops, "scores must be a JSON object")]
+    for name, text, args, needle in cases:
+        for p, data in originals.items():
+            p.write_bytes(data)
+        (out / name).write_text(text)
+        files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (name, text, err)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+        assert not (tmp_path / "t").exists()

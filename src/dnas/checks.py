@@ -6,14 +6,19 @@ import math
 from .errors import DnasError
 
 
+# The optimisers apply these factors to float32 tensors: a larger one is an overflow error mid-step, after the
+# run directory was created (and, with --force, the old run deleted).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def finite_positive(flag: str, value: float) -> None:
-    if not (math.isfinite(value) and value > 0):
-        raise DnasError(f"{flag} must be a finite number > 0, got {value}")
+    if not (math.isfinite(value) and 0 < value <= FLOAT32_MAX):
+        raise DnasError(f"{flag} must be a finite number > 0 (at most {FLOAT32_MAX:.3g}), got {value}")
 
 
 def finite_non_negative(flag: str, value: float, note: str = "") -> None:
-    if not (math.isfinite(value) and value >= 0):
-        raise DnasError(f"{flag} must be a finite number >= 0{note}, got {value}")
+    if not (math.isfinite(value) and 0 <= value <= FLOAT32_MAX):
+        raise DnasError(f"{flag} must be a finite number >= 0{note} (at most {FLOAT32_MAX:.3g}), got {value}")
 
 
 def check_sgd(*, lr: float, lr_min: float, momentum: float, weight_decay: float, grad_clip: float) -> None:

@@ -105,8 +105,21 @@ def append_jsonl(path: str | Path, record: dict) -> None:
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                yield json.loads(line)
+    """The records of a JSON-lines log. A torn last line (see ``append_jsonl``) is dropped, as its step is
+    redone on resume; any other line that is not a JSON object is a DnasError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DnasError(f"{path}: not a JSON-lines file ({e})") from None
+    lines = [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    for n, (i, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:
+                return
+            raise DnasError(f"{path}:{i}: not a JSON line") from None
+        if not isinstance(record, dict):
+            raise DnasError(f"{path}:{i}: not a JSON object")
+        yield record

@@ -185,6 +185,15 @@ def read_result(run: str | Path) -> dict[str, Any]:
     return result
 
 
+def read_config(run: str | Path) -> dict[str, Any]:
+    """RUN/config.json, which must be a JSON object naming the run's space."""
+    path = Path(run) / CONFIG
+    config = read_json(path)
+    if not isinstance(config, dict) or not isinstance(config.get("space"), str):
+        raise DnasError(f"{path}: not a dnas run configuration (a JSON object naming its space)")
+    return config
+
+
 def require_finished(run: str | Path) -> None:
     """Results computed from a search (selections, rankings) must describe its final supernet."""
     if not read_result(run).get("finished"):
@@ -227,7 +236,7 @@ def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+    if not isinstance(name, str) or name not in ("cpu", "cuda") and not name.startswith("cuda:"):  # --option device=5
         raise DnasError(f"unknown device {name!r} (use auto, cpu or cuda)")
     try:
         device = torch.device(name)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DnasError
 from ..io import atomic_write_json, read_json
+from ..rundir import read_config
 from ..spaces import Space, get_space
 from . import metrics as M
 from ._json import jsonable
@@ -85,6 +86,8 @@ def load_method_scores(run_dir: Path, space: Space) -> dict[str, dict[str, Any]]
 
 def _table(scores: dict[str, Any], ct: str, space: Space, path: Path) -> np.ndarray:
     spec = space.cells[ct]
+    if not isinstance(scores, dict):
+        raise DnasError(f"{path}: scores must be a JSON object (cell type -> edges x ops), got {type(scores).__name__}")
     s = np.array(scores.get(ct, []), dtype=np.float64)
     if s.shape != (spec.num_edges, spec.num_ops):
         raise DnasError(f"{path}: scores for {ct} have shape {s.shape}, expected {(spec.num_edges, spec.num_ops)}")
@@ -146,7 +149,7 @@ def analyze_ops(run_dir: str | Path, *, table_path: str | None = None, arch_colu
                 acc_column: str | None = None, plot: bool = True) -> dict[str, Any]:
     """Compare every selection's scores with the table's op strengths; writes analysis/ops.json (+ ops.png)."""
     run_dir = Path(run_dir)
-    cfg = read_json(run_dir / "config.json")
+    cfg = read_config(run_dir)
     space = get_space(cfg["space"])
     methods = load_method_scores(run_dir, space)
     if not methods:

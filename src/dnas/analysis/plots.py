@@ -6,6 +6,7 @@ from typing import Any
 
 from ..errors import DnasError
 from ..io import read_json, read_jsonl
+from ..rundir import read_config
 from ..spaces import get_space
 from .cells import draw_genotype
 from .figures import accuracy_figure, alpha_figure, pt_decisions_figure
@@ -20,7 +21,7 @@ def plot_run(run_dir: str | Path, out_dir: str | Path | None = None, *, engine: 
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise DnasError(f"{run_dir}: not a run directory (no config.json)")
-    space = get_space(read_json(run_dir / "config.json")["space"])
+    space = get_space(read_config(run_dir)["space"])
     out = Path(out_dir) if out_dir else run_dir / "analysis"
     written: list[Path] = []
     rows = read_metrics(run_dir / "metrics.jsonl")

@@ -134,6 +134,9 @@ def check_config(cfg: TrainConfig) -> None:
     darts = get_space(cfg.space).family != "nb201"
     if darts:
         check_darts_size(cfg.channels, cfg.layers)
+    elif cfg.auxiliary_weight > 0:  # build_network refuses it too, but only after --force has cleared --out
+        raise DnasError(f"--auxiliary-weight {cfg.auxiliary_weight}: NB201 networks have no auxiliary head; "
+                        f"pass --auxiliary-weight 0")
     check_resolution(cfg.resolution)
     side = cfg.resolution or native_resolution(cfg.dataset)
     if darts and cfg.auxiliary_weight > 0 and not auxiliary_fits(side):
@@ -149,16 +152,22 @@ def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str
         raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
     result = read_json(run / RESULT)
     config = read_json(run / CONFIG) if (run / CONFIG).exists() else {}
+    for name, obj in ((RESULT, result), (CONFIG, config)):
+        if not isinstance(obj, dict):
+            raise DnasError(f"{run / name}: not a dnas run file (a JSON object)")
     space_name = result.get("space") or config.get("space")
     if not space_name:
         raise DnasError(f"{run}: result.json names no space")
     space = get_space(space_name)
     selections = result.get("selections") or {}
+    if not isinstance(selections, dict):
+        raise DnasError(f"{run / RESULT}: its selections are not a JSON object")
     if selection is not None:
         if selection not in selections:
             known = ", ".join(sorted(selections)) or "none"
             raise DnasError(f"{run}: no selection {selection!r} (available: {known})")
-        obj = selections[selection].get("genotype")
+        entry = selections[selection]
+        obj = entry.get("genotype") if isinstance(entry, dict) else None
     else:
         obj = result.get("genotype")
         if obj is None:

@@ -67,6 +67,16 @@ def _data_dir(protocol: Protocol, data_dir: str | None) -> str | None:
     return data_dir
 
 
+def _check_device(device: str, *, local: bool) -> None:
+    """A device name the jobs understand; run here, one that exists here (Ray workers may have GPUs we lack)."""
+    from ..rundir import resolve_device
+    kind, sep, index = device.partition(":")
+    if device not in ("auto", "cpu") and (kind != "cuda" or (sep and not index.isdigit())):
+        raise DnasError(f"unknown device {device!r} (use auto, cpu, cuda or cuda:N)")
+    if local:
+        resolve_device(device)
+
+
 def _default_workers(device: str) -> int:
     """One job per core on a CPU; one per GPU when the jobs may use one."""
     if device != "cpu":
@@ -104,6 +114,7 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
     pool: LocalPool | RayPool | None = None
     if not report_only:  # everything that can fail on bad input, before anything is written
         data_dir = _data_dir(proto, data_dir)
+        _check_device(device or proto.device, local=not ray_address)  # else every job fails on it
         if ray_address:
             pool = RayPool(ray_address, threads or 1, want_gpu=(device or proto.device) != "cpu")
             workers = workers or max(1, pool.cluster_cpus() // (threads or 1))

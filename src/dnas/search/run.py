@@ -81,14 +81,31 @@ def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = C
     config = SearchConfig.from_json(cfg_dict)
     run = build_run(config)
     state = load_checkpoint(run_dir, checkpoint)
-    weights = state["searcher"]["model"]
+    searcher = state.get("searcher")
+    if not isinstance(searcher, dict) or not isinstance(searcher.get("model"), dict):
+        raise DnasError(f"{run_dir / checkpoint}: not a search checkpoint")
+    weights = searcher["model"]
     bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
     if bad:  # every selector would still return a genotype (argmax of NaN, all-equal NaN accuracies...)
         raise DnasError(f"{run_dir / checkpoint}: the supernet has NaN/inf values ({bad[0]}"
                         f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): its search diverged and nothing "
                         f"can be selected from it; search again with a lower --lr / --arch-lr")
-    run.model.load_state_dict(weights)
+    load_searcher_state(lambda s: run.model.load_state_dict(s["model"]), state, run_dir / checkpoint)
     return run
+
+
+def load_searcher_state(load: Callable[[dict[str, Any]], None], state: dict[str, Any], path: Path) -> None:
+    """``load(state["searcher"])``; a checkpoint that is no search checkpoint, or one that does not fit the
+    supernet of the run's config.json (another run's, another space's, an older layout's), is one DnasError."""
+    if not isinstance(state.get("searcher"), dict):
+        raise DnasError(f"{path}: not a search checkpoint")
+    try:
+        load(state["searcher"])
+    except (RuntimeError, KeyError, ValueError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[-1] if lines else type(e).__name__)[:160]
+        raise DnasError(f"{path}: does not fit the supernet of {path.parent / 'config.json'} "
+                        f"(another run's or an older layout's checkpoint?): {detail}") from None
 
 
 def alpha_snapshot(model: nn.Module) -> dict[str, list[list[float]]]:
@@ -119,9 +136,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
         if resume and (out / CHECKPOINT).exists():
             state = load_checkpoint(out)
-            if "searcher" not in state:
-                raise DnasError(f"{out / CHECKPOINT}: not a search checkpoint")
-            searcher.load_state_dict(state["searcher"])
+            load_searcher_state(searcher.load_state_dict, state, out / CHECKPOINT)
             set_rng_state(state["rng"])
             truncate_metrics(out, searcher.epoch)
         elif resume:
