@@ -137,6 +137,41 @@ def test_train_at_resolution_4_refuses_a_one_image_batch(tmp_path):
     assert ok["finished"] and math.isfinite(ok["test_loss"])
 
 
+def test_check_finite_names_each_non_finite_quantity():
+    """Each of the three checks alone (the diverging run trips whichever fires first): train loss (inf, not
+    only NaN), test loss, weights; an epoch without a test evaluation is checked on what it has."""
+    import torch.nn as nn
+
+    from dnas.evaluate.train import _check_finite
+
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **TINY_NB201)
+    model = nn.Linear(2, 2)
+    ok = {"lr": 0.1, "train_loss": 1.0, "test_loss": 2.0}
+    _check_finite(model, ok, 0, cfg)
+    _check_finite(model, {"lr": 0.1, "train_loss": 1.0}, 0, cfg)
+    for record, what in (({**ok, "train_loss": math.inf}, "train_loss"), ({**ok, "test_loss": math.nan}, "test_loss")):
+        with pytest.raises(DnasError, match=rf"diverged in epoch 3 \(non-finite {what}; lr 0.1"):
+            _check_finite(model, record, 2, cfg)
+    with torch.no_grad():
+        model.bias[1] = math.nan
+    with pytest.raises(DnasError, match=r"\(non-finite weights; lr 0.1"):
+        _check_finite(model, ok, 0, cfg)
+
+
+def test_train_checks_each_ranks_batches_under_ddp(tmp_path):
+    """Under DDP each rank trains on ceil(n / world) images (BatchLoader pads) in batches of batch / world:
+    33 images on 2 ranks are 17 per rank at batch 16, a 1-image batch on every rank (1 process: 33 at 32)."""
+    from dnas.evaluate import train as train_mod
+    from dnas.evaluate.distributed import DistContext
+
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "resolution": 4, "subset": 33})
+    train_set, test_set = train_mod._data(cfg)
+    with pytest.raises(DnasError, match=r"the training split \(17 images, batch size 16\) has a 1-image"):
+        train_mod._train(cfg, tmp_path / "t", DistContext(rank=0, world_size=2), train_set, test_set,
+                         resume=False, force=False, callback=None)
+    assert not (tmp_path / "t").exists()
+
+
 # -- training runs ---------------------------------------------------------------------------------------------
 
 def _metrics(run: Path) -> list[dict]:

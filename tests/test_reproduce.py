@@ -274,4 +274,7 @@ def test_local_jobs_on_a_gpu_machine_each_get_their_own_gpu(tmp_path, monkeypatc
     # a parent restricted to some GPUs hands out those, and a CPU protocol or a named device none
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7")
     assert execute.gpu_slots("auto") == ["5", "7"]
+    # more entries than CUDA devices (CUDA stops at the first bad one): only the devices that exist
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,bad")
+    assert execute.gpu_slots("cuda") == ["5", "7"]
     assert execute.gpu_slots("cpu") == [] and execute.gpu_slots("cuda:1") == []

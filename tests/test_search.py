@@ -136,6 +136,9 @@ def test_resolution_4_refuses_one_image_batches_up_front():
     m = run.searcher(quiet=True).train_epoch(0)
     assert m["arch_steps_epoch"] == 1 and math.isfinite(m["train_loss"])
     build_run(tiny(resolution=8, subset=22, batch_size=10))  # 2 x 2 maps: a 1-image batch is fine
+    # the α half is checked on its own size: 21 images split 10 / 11, and only the α split ends in 1 image
+    with pytest.raises(DnasError, match=r"the α-valid split \(11 images, batch size 10\) has a 1-image"):
+        build_run(tiny(resolution=4, subset=21, batch_size=10))
 
 
 def test_second_order_gradient_matches_exact_unrolled_gradient():
@@ -662,6 +665,20 @@ def test_resume_a_run_saved_on_more_gpus_than_this_machine_has(tmp_path, monkeyp
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 
 
+def test_set_rng_state_gives_each_present_gpu_its_own_state(monkeypatch):
+    """3 saved CUDA states, 2 GPUs here: GPU i gets state i (not state 0 for all), the third is dropped."""
+    from dnas import rundir
+
+    state = rundir.rng_state()
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(3)]
+    state["cuda"] = saved
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device="cuda": restored.__setitem__(device, s))
+    rundir.set_rng_state(state)
+    assert sorted(restored) == [0, 1] and all(torch.equal(restored[i], saved[i]) for i in (0, 1))
+
 def test_a_diverging_search_stops_before_saving_nan(tmp_path):
     # lr 1e6 without clipping: the loss is finite in epoch 1 and NaN in epoch 2. The run must stop with one
     # clear error, and nothing non-finite may reach metrics.jsonl, the checkpoint or a genotype.
@@ -678,3 +695,39 @@ def test_a_diverging_search_stops_before_saving_nan(tmp_path):
         state = torch.load(out / "checkpoint.pt", weights_only=False)["searcher"]
         assert state["epoch"] == len(rows)
         assert all(torch.isfinite(v).all() for k, v in state["model"].items() if "alpha" in k)
+
+
+def test_search_stops_at_a_non_finite_loss_or_parameter_and_names_it(monkeypatch):
+    """Each check on its own (the diverging run above trips whichever fires first): a NaN α loss stops the
+    mini-batch before its w step; an inf w loss stops too (not only NaN); and finite losses with a parameter
+    left non-finite by the epoch's last step (w, then α) still stop the epoch before it counts as done."""
+    run = build_run(tiny(subset=64))  # 32 w-train images at batch 32: one mini-batch per epoch
+    s = run.searcher(quiet=True)
+    real_w, real_a = s.w_step, s.arch_step
+    w_calls = []
+    monkeypatch.setattr(s, "arch_step", lambda train, valid: math.nan)
+    monkeypatch.setattr(s, "w_step", lambda x, y: (w_calls.append(1), real_w(x, y))[1])
+    with pytest.raises(DnasError, match=r"the α loss is nan at epoch 1, mini-batch 1 "):
+        s.train_epoch(0)
+    assert w_calls == []
+    monkeypatch.setattr(s, "arch_step", real_a)
+    monkeypatch.setattr(s, "w_step", lambda x, y: (math.inf, 0))
+    with pytest.raises(DnasError, match=r"the w loss is inf at epoch 1, mini-batch 1 "):
+        s.train_epoch(0)
+    for poison in (s.w_params[0], s.a_params[0]):
+        before = poison.detach().clone()
+
+        def poisoned(x, y, p=poison):
+            out = real_w(x, y)
+            with torch.no_grad():
+                p.view(-1)[0] = math.nan
+            return out
+
+        monkeypatch.setattr(s, "w_step", poisoned)
+        with pytest.raises(DnasError, match=r"search diverged: non-finite w or α after epoch 1 "):
+            s.train_epoch(0)
+        assert s.epoch == 0
+        with torch.no_grad():
+            poison.copy_(before)
+    monkeypatch.setattr(s, "w_step", real_w)
+    assert math.isfinite(s.train_epoch(0)["train_loss"]) and s.epoch == 1

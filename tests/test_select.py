@@ -156,6 +156,19 @@ def test_ostr_include_none_keeps_removed_ops_and_fixed_edges_out(monkeypatch):
     assert ops == ("nor_conv_3x3", "skip_connect", "nor_conv_3x3", "none", "none", "none")
 
 
+def test_train_mode_bn_scoring_at_resolution_4_refuses_one_image_batches():
+    """The search refuses 1-image batches at 4 px; a selector's own eval_batch_size must too (PT scores in
+    train-mode BN by default, ostr with bn_mode=train): 12 α images at 11 leave one, and BatchNorm raised a
+    ValueError traceback mid-selection. Eval-mode BN, or max_batches stopping before that batch, is fine."""
+    run = build_run(tiny_config(subset=24, batch_size=12, resolution=4))
+    msg = r"resolution 4: the α-valid \(eval_batch_size\) split \(12 images, batch size 11\) has a 1-image batch"
+    with pytest.raises(DnasError, match=msg):
+        select("pt", run, eval_batch_size=11, proj_intv=1)
+    with pytest.raises(DnasError, match=msg):
+        select("ostr", run, eval_batch_size=11, bn_mode="train")
+    assert select("ostr", run, eval_batch_size=11).genotype is not None
+    assert select("ostr", run, eval_batch_size=11, bn_mode="train", batches=1).genotype is not None
+
 def test_ostr_train_mode_bn_blurs_a_sole_contributor(dominated):
     """Why ostr defaults to eval-mode BN: batch statistics undo a rescaling of the cell output."""
     loader = scoring_loader(dominated)
@@ -857,8 +870,8 @@ def test_zeros_scores_one_all_ones_image():
     assert torch.allclose(s, (a * g).abs().detach(), rtol=1e-12, atol=0) and float(s.max()) > 0
 
 
-@pytest.mark.parametrize("poison", ["alpha", "w"])
-def test_selectors_refuse_a_supernet_with_nan(tmp_path, poison):
+@pytest.mark.parametrize("poison, value", [("alpha", math.nan), ("w", math.nan), ("w", math.inf)])
+def test_selectors_refuse_a_supernet_with_nan(tmp_path, poison, value):
     # A run whose checkpoint holds NaN (a search that diverged) used to give every selector a genotype:
     # magnitude and pt "|none~0|+|none~0|none~1|+...|" (argmax of NaN, all-tied accuracies), ostr all skips.
     out = tmp_path / "run"
@@ -867,7 +880,7 @@ def test_selectors_refuse_a_supernet_with_nan(tmp_path, poison):
     model = state["searcher"]["model"]
     key = next(k for k in model if ("alpha" in k) == (poison == "alpha") and model[k].is_floating_point()
                and (poison == "alpha" or k.endswith("weight")))
-    model[key] = torch.full_like(model[key], math.nan)
+    model[key] = torch.full_like(model[key], value)  # inf too: the message says NaN/inf
     torch.save(state, out / "checkpoint.pt")
     for method in ("magnitude", "ostr"):
         with pytest.raises(DnasError, match=rf"checkpoint.pt: the supernet has NaN/inf values \({key}"):

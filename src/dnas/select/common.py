@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ..data import BatchLoader
 from ..errors import DnasError
-from ..supernet import ArchState, build_supernet
+from ..supernet import ArchState, build_supernet, check_bn_batches
 from ..supernet.mixed import MixedOp
 
 if TYPE_CHECKING:
@@ -59,11 +59,16 @@ def positive_float(method: str, key: str, value: Any, allow_none: bool = False) 
     return float(value)
 
 
-def scoring_loader(run: "SearchRun", batch_size: int | None = None) -> BatchLoader:
+def scoring_loader(run: "SearchRun", batch_size: int | None = None, *, bn_train: bool = False,
+                   max_batches: int | None = None) -> BatchLoader:
     """The α-half of the data without augmentation, in a fixed order, in batches of ``batch_size``
-    (default: the search batch size, as DARTS-PT's ``valid_queue``: train-mode BN sees batches of that size)."""
+    (default: the search batch size, as DARTS-PT's ``valid_queue``: train-mode BN sees batches of that size).
+    With ``bn_train`` a 1-image batch that would be scored at 4 px is refused up front (``check_bn_batches``)."""
     ve = run.valid_eval
     bs = batch_size or run.config.batch_size
+    n = ve.indices.numel()
+    if bn_train and (max_batches is None or max_batches * bs >= n):  # the last batch is reached
+        check_bn_batches(ve.dataset.resolution, bs, {"α-valid (eval_batch_size)": n})
     if ve.batch_size == bs:
         return ve
     return BatchLoader(ve.dataset, ve.indices, bs, augment=False, shuffle=False, seed=run.config.seed,

@@ -201,7 +201,8 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     positive_int("ostr", "batches", opts["batches"], allow_none=True)
     positive_int("ostr", "eval_batch_size", opts["eval_batch_size"], allow_none=True)
     model = reference_model(run)
-    loader = scoring_loader(run, opts["eval_batch_size"])
+    loader = scoring_loader(run, opts["eval_batch_size"], bn_train=opts["bn_mode"] == "train",
+                            max_batches=opts["batches"])
     if opts["progressive"]:
         schedule = Schedule.from_options("ostr", opts, run)
         ref_run = dataclasses.replace(run, model=model)  # tune the model that the hooks see

@@ -54,7 +54,8 @@ class PtDecider:
 
     def __init__(self, run: "SearchRun", opts: dict[str, Any]):
         self.run, self.model, self.arch = run, run.model, run.model.arch
-        self.loader = scoring_loader(run, opts["eval_batch_size"])
+        self.loader = scoring_loader(run, opts["eval_batch_size"], bn_train=opts["bn_mode"] == "train",
+                                     max_batches=opts["max_batches"])
         self.criterion = opts["criterion"]
         self.bn_train = opts["bn_mode"] == "train"
         self.max_batches = opts["max_batches"]

@@ -124,6 +124,12 @@ def _nchw_on_cpu(x: torch.Tensor) -> bool:
             and not x.is_contiguous(memory_format=torch.channels_last))
 
 
+def _channels_last_on_cuda(x: torch.Tensor) -> bool:
+    """A channels-last CUDA batch (not also NCHW): the case whose avg-pool backward is rerouted."""
+    return (x.device.type == "cuda" and x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous())
+
+
 def _pair(v: int | tuple[int, ...]) -> list[int]:
     return [v, v] if isinstance(v, int) else [int(t) for t in v]
 
@@ -150,7 +156,7 @@ class _MaxPoolNCHW(torch.autograd.Function):
 
 class AvgPool2d(nn.AvgPool2d):
     """``nn.AvgPool2d`` whose forward on NCHW float32/float64 CPU input runs the channels-last kernel,
-    and whose backward on CUDA runs the NCHW kernel (see :class:`_AvgPoolCUDA`).
+    and whose backward for channels-last CUDA input runs the NCHW kernel (see :class:`_AvgPoolCUDA`).
 
     Like :class:`MaxPool2d`: the channels-last forward is ~2x faster (3x3, stride 1); it sums each window
     in the same order and divides by the same count, so the values are the same; the output is handed
@@ -158,7 +164,7 @@ class AvgPool2d(nn.AvgPool2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cuda" and x.dim() == 4 and torch.is_grad_enabled() and x.requires_grad:
+        if _channels_last_on_cuda(x) and torch.is_grad_enabled() and x.requires_grad:
             return _AvgPoolCUDA.apply(x, *self._args())
         if x.dtype not in (torch.float32, torch.float64) or not _nchw_on_cpu(x):
             return super().forward(x)
@@ -175,9 +181,10 @@ class AvgPool2d(nn.AvgPool2d):
 class _AvgPoolCUDA(torch.autograd.Function):
     """CUDA average pool whose backward runs the NCHW kernel.
 
-    torch 2.11's CUDA ``avg_pool2d_backward`` returns wrong input gradients for channels-last input,
-    in float32 and float64 and whichever layout the incoming gradient has; the forward is right, and
-    so is the backward for NCHW input (measured on an H100, 2026-11-23, benchmarks/README.md). The
+    torch 2.11's CUDA ``avg_pool2d_backward`` returns wrong input gradients for channels-last input
+    with padding > 0 (the NHWC kernel leaves out the padding offset: pytorch/pytorch#188344), in float32
+    and float64 and whichever layout the incoming gradient has; the forward is right, and so is the
+    backward for NCHW input (measured on an H100, 2026-11-23, benchmarks/README.md). The
     fast DARTS supernet pools channels-last maps, so the backward is taken in NCHW and handed back in
     the input's layout.
     """
