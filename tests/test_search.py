@@ -731,3 +731,13 @@ def test_search_stops_at_a_non_finite_loss_or_parameter_and_names_it(monkeypatch
             poison.copy_(before)
     monkeypatch.setattr(s, "w_step", real_w)
     assert math.isfinite(s.train_epoch(0)["train_loss"]) and s.epoch == 1
+
+
+def test_a_diverging_fine_tuning_names_the_selector_not_the_search_flags():
+    searcher = build_run(tiny(subset=64)).searcher(quiet=True)
+    with pytest.raises(DnasError, match=r"^pt tune diverged: the w loss is nan at epoch 3, mini-batch 2 .* "
+                                        r"lower the selector's lr option"):
+        searcher._check_finite("w", math.nan, 2, 1, "pt tune")
+    with pytest.raises(DnasError, match=r"^search diverged: the α loss is inf .* lower --lr / --arch-lr"):
+        searcher._check_finite("α", math.inf, 0, 0, "search")
+    searcher._check_finite("w", 1e30, 0, 0, "search")  # large but finite: no error

@@ -129,11 +129,11 @@ class Searcher:
             if self.recipe.schedule.should_step(self):
                 vx, vy = next(valid)
                 a_loss = self.arch_step((x, y), (vx, vy))
-                self._check_finite("α", a_loss, epoch, i)
+                self._check_finite("α", a_loss, epoch, i, desc)
                 arch_loss_sum += a_loss
                 arch_count += 1
             loss, c = self.w_step(x, y)
-            self._check_finite("w", loss, epoch, i)
+            self._check_finite("w", loss, epoch, i, desc)
             self.step += 1
             loss_sum += loss * len(y)
             correct += c
@@ -142,22 +142,23 @@ class Searcher:
         bar.close()
         params = self.w_params + self.a_params
         if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
-            raise DnasError(f"search diverged: non-finite w or α after epoch {epoch + 1} (w lr {self.current_lr:g}, "
-                            f"α lr {self.config.arch_lr:g}); nothing of this epoch was saved: lower --lr / --arch-lr "
-                            f"and start again")
+            raise self._diverged(f"non-finite w or α after epoch {epoch + 1}", desc)
         self.epoch = epoch + 1
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                 "arch_loss": arch_loss_sum / arch_count if arch_count else None, "arch_steps_epoch": arch_count,
                 "arch_steps": self.arch_steps, "lr": self.current_lr, "seconds": time.time() - t0}
 
-    def _check_finite(self, which: str, loss: float, epoch: int, i: int) -> None:
+    def _check_finite(self, which: str, loss: float, epoch: int, i: int, desc: str) -> None:
         """Stop at the first NaN/inf loss: the step that produced it has already poisoned w or α, and every
         later epoch (its α snapshot, genotype and checkpoint) would be garbage. Nothing of this epoch is saved."""
         if not math.isfinite(loss):
-            raise DnasError(f"search diverged: the {which} loss is {loss} at epoch "
-                            f"{epoch + 1}, mini-batch {i + 1} (w lr {self.current_lr:g}, "
-                            f"α lr {self.config.arch_lr:g}, grad clip {self.config.grad_clip:g}); nothing of this "
-                            f"epoch was saved: lower --lr / --arch-lr and start again")
+            raise self._diverged(f"the {which} loss is {loss} at epoch {epoch + 1}, mini-batch {i + 1}", desc)
+
+    def _diverged(self, what: str, desc: str) -> DnasError:
+        # A selector's fine-tuning (desc "pt tune", ...) runs at its own lr option, not the search's flags.
+        advice = "lower --lr / --arch-lr" if desc == "search" else "lower the selector's lr option"
+        return DnasError(f"{desc} diverged: {what} (w lr {self.current_lr:g}, α lr {self.config.arch_lr:g}, grad "
+                         f"clip {self.config.grad_clip:g}); nothing of this epoch was saved: {advice} and start again")
 
     def _set_lr(self, lr: float) -> None:
         self.current_lr = lr
