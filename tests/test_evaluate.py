@@ -372,3 +372,22 @@ def test_a_diverging_training_stops_before_reporting_an_accuracy(tmp_path):
     assert not (tmp_path / "t" / "result.json").exists()
     for r in _metrics(tmp_path / "t") if (tmp_path / "t" / "metrics.jsonl").exists() else []:
         assert math.isfinite(r["train_loss"]) and math.isfinite(r["test_loss"])
+
+
+def test_force_keeps_the_old_run_when_the_network_cannot_be_built(tmp_path, monkeypatch):
+    # --force used to clear --out before the network was built: a model that cannot be made (out of
+    # memory at a huge --channels, say) cost the finished run it was meant to replace.
+    import dnas.evaluate.train as train_mod
+
+    out = tmp_path / "t"
+    cfg = make_config("nb201", NB201_ARCH, "synthetic", **TINY_NB201)
+    train_network(cfg, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def no_memory(*a, **k):
+        raise DnasError("cannot allocate the network")
+
+    monkeypatch.setattr(train_mod, "build_network", no_memory)
+    with pytest.raises(DnasError, match="cannot allocate"):
+        train_network(make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "epochs": 3}), out, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -330,13 +330,14 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     genotype = space.parse(config.genotype)
     per_rank = -(-len(train_set) // ctx.world_size)  # as BatchLoader pads the epoch over the ranks
     check_bn_batches(train_set.resolution, max(config.batch_size // ctx.world_size, 1), {"training": per_rank})
+    seed_everything(config.seed)
+    # Built before the directory is prepared: a network that cannot be made (memory, sizes) keeps the old run
+    # that --force would otherwise have cleared.
+    model = build_network(space, genotype, num_classes=train_set.num_classes, in_channels=train_set.channels,
+                          channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0)
     cfg_dict = asdict(config)
     _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
-
-    seed_everything(config.seed)
-    model = build_network(space, genotype, num_classes=train_set.num_classes, in_channels=train_set.channels,
-                          channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0)
     model.to(ctx.device)
     counts = {"params_M": round(count_params(model) / 1e6, 6),
               "flops_M": round(count_flops(model, (1, train_set.channels, train_set.resolution,
