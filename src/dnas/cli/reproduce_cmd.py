@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report-only", action="store_true", help="only rebuild the report from finished jobs")
     p.add_argument("--table", help="NAS-Bench-201 table (default $DNAS_NB201_TABLE)")
     p.add_argument("--data-dir", help="dataset folder (default $DNAS_DATA_DIR)")
-    p.add_argument("--device", help="auto, cpu or cuda (default: the protocol's)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the protocol's); with auto or cuda "
+                                     "each local job sees one GPU, cuda:N puts every job on GPU N")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_run)
 

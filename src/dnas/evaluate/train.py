@@ -302,6 +302,7 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     (final test accuracy, params_M, flops_M, genotype). ``resume`` continues a stopped run exactly; ``force``
     starts over. ``callback(record)`` is called on every rank after each epoch's checkpoint. Under
     ``torchrun`` (``WORLD_SIZE`` > 1) the model runs in DistributedDataParallel and only rank 0 writes.
+    Training that diverges (NaN/inf loss or weights) raises DnasError before that epoch is saved.
     """
     check_config(config)
     ctx = ctx or init_distributed(config.device)

@@ -121,6 +121,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
     ``quiet`` hides the progress bar (stderr); ``on_epoch(record)`` gets each epoch's metrics.jsonl record
     once it is saved (the CLI prints a line from it; the library itself writes nothing to stdout).
+    A search that diverges (NaN/inf loss, w or α) raises DnasError before that epoch is saved.
     """
     if not config.out:
         raise DnasError("an output run directory is required (--out RUN)")

@@ -110,7 +110,8 @@ class Searcher:
         return itertools.chain.from_iterable(self.valid_loader.epoch(epoch * k + r) for r in range(k + 1))
 
     def train_epoch(self, epoch: int, lr: float | None = None, desc: str = "search") -> dict[str, float]:
-        """One pass over the w-train split; returns the epoch's metrics."""
+        """One pass over the w-train split; returns the epoch's metrics. A NaN/inf w or α loss, or non-finite
+        w or α after the pass, raises DnasError (the run diverged; the caller saves nothing of this epoch)."""
         cfg = self.config
         self._set_lr(cosine_lr(epoch, self.total_epochs, cfg.w_lr, cfg.w_lr_min) if lr is None else lr)
         self.model.train()
