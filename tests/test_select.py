@@ -900,3 +900,38 @@ def test_discretize_refuses_nan_scores_but_takes_minus_inf(space):
     scores[ct][1, 2] = math.nan
     with pytest.raises(DnasError, match=rf"cannot discretise NaN scores \({ct} edge 1:"):
         sp.discretize(scores)
+
+
+def test_progressive_tuning_keeps_the_search_ramp_at_its_end(monkeypatch):
+    # DARTS-PRIME's proximity weight is (t/T)·ρ/2 with T the search's epochs; the tuning config is longer only
+    # to continue the data epochs, so the weight must stay at ρ/2 while tuning instead of dropping to E/(E+tune).
+    from dnas.search import Searcher
+    run = trained(tiny_config(mode="prime", epochs=2, options={"prime_dynamic": False, "schedfreq": 2}))
+    seen = []
+    orig = Searcher.arch_loss
+
+    def spy(self, x, y):
+        seen.append(self.progress)
+        return orig(self, x, y)
+
+    monkeypatch.setattr(Searcher, "arch_loss", spy)
+    select("pt", run, proj_intv=1, max_batches=1)
+    assert len(seen) > 0 and seen == [1.0] * len(seen)
+
+
+def test_selection_flags_a_genotype_that_names_a_removed_op():
+    # Node 2 of a DARTS cell (inputs: edges 0, 1) with every op of edge 0 removed (crb pruning): any parse must
+    # still name two inputs, so the genotype names a dead op; the selection must say so, not stay silent.
+    from dnas.select.base import Selection, removed_ops_named
+    from dnas.select.magnitude import select_magnitude
+    from dnas.supernet import ArchState
+    space = get_space("darts")
+    arch = ArchState(space)
+    for k in range(space.cells["normal"].num_ops):
+        arch.remove_op("normal", 0, k)
+    sel = select_magnitude(arch)
+    warn = removed_ops_named(arch, sel.genotype)
+    assert warn == [{"kind": "removed_op_named", "cell_type": "normal", "edge": 0,
+                     "op": next(op for op, j in sel.genotype.normal[:2] if j == 0)}]
+    sel.warnings.extend(warn)
+    assert Selection.from_json(space, sel.to_json()).warnings == warn

@@ -462,3 +462,46 @@ def test_nb201_searches_default_to_darts_pt_100_epochs():
     assert config_from_args(parse(["search", "--out", "x", "--dataset", "cifar10"])).epochs == 100
     assert config_from_args(parse(["search", "--out", "x", "--dataset", "cifar10", "--space", "s5"])).epochs == 50
     assert config_from_args(parse(["search", "--out", "x"])).epochs == 20  # the small built-in set's supernet
+
+
+def test_prime_regularisers_follow_the_selectors_decisions_during_fine_tuning():
+    # PT / progressive OStr keep the search recipe while tuning: the regulariser must see the architecture as
+    # it is now (decided edges one-hot, left out of the penalty), not the stale α of decided edges.
+    arch = ArchState(NB201, activation="crb")
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(2)
+        arch.alphas["cell"].copy_(0.1 + 0.8 * torch.rand(arch.alphas["cell"].shape, generator=g))
+    a = arch.alphas["cell"].detach().clone()
+    stale = int(a[0].argmax())
+    arch.fix_edge("cell", 0, (stale + 1) % 5)  # the selector kept an op that is not α's argmax
+    arch.fix_edge("cell", 3, int(a[3].argmax()))
+    live = [1, 2, 4, 5]
+    prox = Proximity(rho=0.1)
+    term = prox.term(arch)
+    term.backward()
+    d = F.one_hot(a[live].argmax(1), 5).float()  # NB201's D: argmax per edge
+    want = (a[live] - d).norm()
+    assert float(term.detach()) == pytest.approx(float(want), rel=1e-6)
+    grad = arch.alphas["cell"].grad
+    assert float(grad[[0, 3]].abs().max()) == 0.0  # decided edges: no pull toward their stale argmax
+    assert torch.allclose(grad[live], (a[live] - d) / want, atol=1e-7)
+    raw = Proximity(rho=0.1, target="raw")  # the named old behaviour
+    arch.alphas["cell"].grad = None
+    raw.term(arch).backward()
+    assert float(arch.alphas["cell"].grad[0].abs().max()) > 0
+
+    admm = Admm(rho=0.2, freq=1)
+    s = fake_searcher(arch)
+    admm.after_arch_step(s)  # Z, U from the current architecture; U zero on decided edges
+    assert float(admm.u["cell"][[0, 3]].abs().max()) == 0.0
+    assert torch.equal(admm.z["cell"][live], d)
+    arch.alphas["cell"].grad = None
+    admm.loss(s).backward()
+    assert float(arch.alphas["cell"].grad[[0, 3]].abs().max()) == 0.0
+
+
+def test_prime_target_option_is_checked():
+    from dnas.search.prime import build_prime
+    assert build_prime(tiny(mode="prime", options={"prime_target": "raw"})).regularisers[0].target == "raw"
+    with pytest.raises(DnasError):
+        build_prime(tiny(mode="prime", options={"prime_target": "stale"}))

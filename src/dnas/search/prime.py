@@ -14,6 +14,17 @@
   ``admm_freq`` α steps Z ← D(act(α) + U), U ← (U + act(α) − Z)⊙mask. Written in activation space (the
   scaled-dual ADMM form); for ``crb``, the code's activation, it is the code's update. Z starts at act(α),
   U at 0. The code's counter fires every admm_freq − 1 α steps (``(counter + 1) % freq``); we use admm_freq.
+- Selector fine-tuning (DARTS-PT / progressive OStr tune a PRIME supernet with the search's own recipe, so
+  both regularisers keep running between decisions). DARTS-PT's α step during tuning is "as in search"
+  (method notes §1.1) and the notes say nothing about regularisers on PRIME supernets, so the reading
+  is ours: with ``prime_target=projected`` (default) act(α) and D(·) are taken on the *current*
+  architecture, ``ArchState.base_weights`` (a fixed edge one-hot, removed edges/ops zero, the same
+  matrix the magnitude rule and the final genotype parse read), and the penalty covers only the
+  undecided edges: a decided edge's α no longer reaches the network, so pulling it toward the argmax of
+  its stale α (which may not be the op the selector kept) is meaningless, and through the non-squared
+  Frobenius norm it would also rescale the pull on the live edges. With no decisions (the search
+  itself) this is exactly the raw form. ``prime_target=raw`` keeps act(α) of every edge, decisions
+  ignored (the behaviour before this option).
 - ``crb`` activation: ops whose α drops to <= 0 are masked for good (``CrbPrune``), with any mode.
 - Search network (DARTS spaces): the code's cell normalises every intermediate node's sum with a
   non-affine BN, whatever the activation (``model_admm_hard_statebn.py``; the method notes list it under
@@ -37,6 +48,23 @@ if TYPE_CHECKING:
     from .trainer import Searcher
 
 REGS = ("prox", "admm", "none")
+TARGETS = ("projected", "raw")
+
+
+def current_acts(arch: Any, target: str = "projected") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(act per cell type, 0/1 column of rows the penalty covers) for ``prime_target`` (module docstring).
+
+    ``projected``: ``base_weights`` (fixed edges one-hot, masks applied), rows = the undecided edges.
+    ``raw``: act(α) of every edge, every row."""
+    acts, rows = {}, {}
+    for ct in arch.cell_types:
+        if target == "raw":
+            acts[ct] = arch.activated(ct)
+            rows[ct] = torch.ones_like(acts[ct][:, :1])
+        else:
+            acts[ct] = arch.base_weights(ct)
+            rows[ct] = (arch.fixed(ct) < 0).to(acts[ct]).unsqueeze(1)
+    return acts, rows
 
 
 class PrimeSchedule(ArchSchedule):
@@ -89,14 +117,15 @@ class Proximity(Regulariser):
 
     name = "prox"
 
-    def __init__(self, rho: float = 0.1):
-        self.rho = rho
+    def __init__(self, rho: float = 0.1, target: str = "projected"):
+        self.rho, self.target = rho, target
 
     def term(self, arch: Any) -> torch.Tensor:
-        """Σ ‖act(α) − D(act(α))‖_F without the ramp."""
-        acts = {ct: arch.activated(ct) for ct in arch.cell_types}
+        """Σ ‖act(α) − D(act(α))‖_F without the ramp (on the undecided rows of the current architecture
+        unless ``target="raw"``; see the module docstring)."""
+        acts, rows = current_acts(arch, self.target)
         d = discretization_mask(arch.space, acts)
-        return sum(torch.linalg.norm(acts[ct] - d[ct]) for ct in acts)
+        return sum(torch.linalg.norm((acts[ct] - d[ct]) * rows[ct]) for ct in acts)
 
     def loss(self, s: "Searcher") -> torch.Tensor:
         return s.progress * self.rho / 2 * self.term(s.model.arch)
@@ -107,8 +136,8 @@ class Admm(Regulariser):
 
     name = "admm"
 
-    def __init__(self, rho: float = 0.1, freq: int = 10):
-        self.rho, self.freq = rho, freq
+    def __init__(self, rho: float = 0.1, freq: int = 10, target: str = "projected"):
+        self.rho, self.freq, self.target = rho, freq, target
         self.z: dict[str, torch.Tensor] | None = None
         self.u: dict[str, torch.Tensor] | None = None
         self.count = 0
@@ -123,9 +152,10 @@ class Admm(Regulariser):
         self._start(arch)
         assert self.z is not None and self.u is not None
         total = 0.0
+        acts, rows = current_acts(arch, self.target)
         for ct in arch.cell_types:
-            a = arch.activated(ct)
-            total = total + torch.linalg.norm((a - self.z[ct].to(a) + self.u[ct].to(a)) * arch.mask(ct))
+            a = acts[ct]
+            total = total + torch.linalg.norm((a - self.z[ct].to(a) + self.u[ct].to(a)) * arch.mask(ct) * rows[ct])
         return self.rho / 2 * total
 
     @torch.no_grad()
@@ -139,9 +169,10 @@ class Admm(Regulariser):
     @torch.no_grad()
     def update(self, arch: Any) -> None:
         assert self.z is not None and self.u is not None
-        acts = {ct: arch.activated(ct).detach() for ct in arch.cell_types}
+        acts, rows = current_acts(arch, self.target)
+        acts = {ct: a.detach() for ct, a in acts.items()}
         self.z = discretization_mask(arch.space, {ct: acts[ct] + self.u[ct].to(acts[ct]) for ct in acts})
-        self.u = {ct: (self.u[ct].to(acts[ct]) + acts[ct] - self.z[ct]) * arch.mask(ct) for ct in acts}
+        self.u = {ct: (self.u[ct].to(acts[ct]) + acts[ct] - self.z[ct]) * arch.mask(ct) * rows[ct] for ct in acts}
 
     def state_dict(self) -> dict[str, Any]:
         return {"z": self.z, "u": self.u, "count": self.count}
@@ -174,16 +205,17 @@ def build_prime(config: SearchConfig) -> Recipe:
                              threshold=opt_float(o, "threshold", 1.0, positive=True))
     reg = opt_choice(o, "reg", "prox", REGS)
     rho = opt_float(o, "rho", 0.1, lo=0.0)
+    target = opt_choice(o, "prime_target", "projected", TARGETS)
     regs: list[Regulariser] = []
     if reg == "prox":
-        regs.append(Proximity(rho))
+        regs.append(Proximity(rho, target))
     elif reg == "admm":
-        regs.append(Admm(rho, opt_int(o, "admm_freq", 10)))
+        regs.append(Admm(rho, opt_int(o, "admm_freq", 10), target))
     return Recipe(FirstOrder(), schedule, regularisers=regs + activation_pieces(config))
 
 
 register_mode(Mode("prime", build_prime,
                    "DARTS-PRIME: α steps on a Fisher-information schedule, proximity (or ADMM) regulariser, "
                    "10/11 dynamic split (options schedfreq, prime_dynamic, prime_split, reg, rho, admm_freq, ewma, "
-                   "threshold); on the DARTS spaces a BN on every node (node_bn)", configure=configure_prime,
+                   "threshold, prime_target); on the DARTS spaces a BN on every node (node_bn)", configure=configure_prime,
                    family_defaults={"darts": {"node_bn": True}}))

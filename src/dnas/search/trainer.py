@@ -62,6 +62,9 @@ class Searcher:
         self.arch_steps = 0
         self.current_lr = config.w_lr
         self.progress = 0.0      # fractional epoch / total epochs, for schedules that ramp
+        # Epochs the ramp spans: the search's own. A selector that fine-tunes with a longer config (more data
+        # epochs) sets it to the search's epoch count, so the ramp stays at its end value (1) while tuning.
+        self.ramp_epochs = config.epochs
 
     # -- losses ------------------------------------------------------------------------------------
     def w_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -124,7 +127,7 @@ class Searcher:
         bar = tqdm(self.train_loader.epoch(epoch), total=n, desc=f"{desc} epoch {epoch + 1}/{self.total_epochs}",
                    disable=self.quiet, leave=False)
         for i, (x, y) in enumerate(bar):
-            self.progress = (epoch + i / n) / self.total_epochs
+            self.progress = min(1.0, (epoch + i / n) / self.ramp_epochs)
             if per_step:
                 self._set_lr(cosine_lr(epoch * n + i, self.total_epochs * n, cfg.w_lr, cfg.w_lr_min))
             if self.recipe.schedule.should_step(self):

@@ -16,7 +16,9 @@ class Selection:
     ``scores``: per cell type, an (edges x ops) table of the numbers that decided the genotype (higher =
     stronger; NaN where an op was never scored). ``decisions``: the order in which edges / nodes were
     decided, each with the per-candidate numbers seen at that moment. ``cost``: seconds, forward passes,
-    fine-tuning epochs.
+    fine-tuning epochs. ``warnings``: records of genotype entries that name an op the supernet had already
+    removed (a DARTS node left with fewer than two live inputs by crb pruning or masking: any parse must
+    still name two inputs, so it names dead ones; see :func:`removed_ops_named`).
     """
 
     method: str
@@ -26,17 +28,32 @@ class Selection:
     decisions: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, float] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"method": self.method, "space": self.space, "genotype": str(self.genotype),
                 "genotype_json": self.genotype.to_json(), "scores": self.scores, "decisions": self.decisions,
-                "cost": self.cost, "options": self.options}
+                "cost": self.cost, "options": self.options,
+                "warnings": self.warnings}
 
     @classmethod
     def from_json(cls, space: Space, d: dict[str, Any]) -> "Selection":
         return cls(method=d["method"], space=d["space"], genotype=space.parse(d["genotype"]), scores=d["scores"],
-                   decisions=d.get("decisions", []), cost=d.get("cost", {}), options=d.get("options", {}))
+                   decisions=d.get("decisions", []), cost=d.get("cost", {}), options=d.get("options", {}),
+                   warnings=d.get("warnings", []))
 
 
 def scores_to_json(scores: dict[str, torch.Tensor]) -> dict[str, list[list[float]]]:
     return {ct: s.detach().double().cpu().tolist() for ct, s in scores.items()}
+
+
+def removed_ops_named(arch: Any, genotype: Genotype) -> list[dict[str, Any]]:
+    """Genotype entries whose (edge, op) is masked in ``arch`` (removed before or during selection)."""
+    out = []
+    chosen = arch.space.genotype_mask(genotype)
+    for ct in arch.cell_types:
+        dead = (chosen[ct] > 0) & (arch.mask(ct).detach().cpu() == 0)
+        for e, k in dead.nonzero().tolist():
+            out.append({"kind": "removed_op_named", "cell_type": ct, "edge": e,
+                        "op": arch.space.cells[ct].ops[e][k]})
+    return out

@@ -165,6 +165,9 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
     # Data epochs continue after the search's, so tuning sees fresh batch orders (darts-pt's loaders keep drawing).
     cfg = dataclasses.replace(base, w_lr=sch.lr, epochs=base.epochs + plan.tune_epochs, options=options)
     searcher = run.searcher(cfg, quiet=ctx.quiet)
+    # The search's ramps (DARTS-PRIME's t/T proximity weight) ended at 1; the longer cfg is only for data
+    # epochs and must not restart them at base.epochs / (base.epochs + tune_epochs).
+    searcher.ramp_epochs = base.epochs
     arch = run.model.arch
     decider = decider_factory()
 

@@ -16,7 +16,7 @@ from ..errors import DnasError
 from ..io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from ..rundir import selection_summary, update_result
 from ..spaces import Space
-from .base import Selection
+from .base import Selection, removed_ops_named
 from .common import method_options
 from .magnitude import select_magnitude
 
@@ -146,6 +146,7 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
         require_finished(run_dir)  # again under the lock: a search --force may have started since
         ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
         sel = m.fn(run, ctx)
+        sel.warnings.extend(w for w in removed_ops_named(run.model.arch, sel.genotype) if w not in sel.warnings)
         entry = {**sel.to_json(), "requested_options": dict(options or {})}
         hook = ground_truth_hook()
         if hook is not None:
