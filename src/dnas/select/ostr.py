@@ -146,12 +146,10 @@ class OstrDecider:
         s = self._scores(ct)
         arch = self.model.arch
         fixed = arch.fixed(ct).tolist()
-        names = arch.space.cells[ct].ops
-        with torch.no_grad():
-            w = arch.base_weights(ct).detach().cpu()
+        names, live = arch.space.cells[ct].ops, arch.live(ct)
         # An input with no live op left (crb pruning removed them all) is not computed: its S is exactly 0,
         # which must not beat a live input whose S < 0. It is kept only when fewer than two are live.
-        dead = {e for e in edges if not any(float(w[e, k]) != 0 and n != "none" for k, n in enumerate(names[e]))}
+        dead = {e for e in edges if not any(live[e, k] and n != "none" for k, n in enumerate(names[e]))}
         strength = {e: float(s[e, fixed[e]]) if fixed[e] >= 0 else float(s[e].max()) for e in edges}
         keep = sorted(edges, key=lambda e: (e in dead, -strength[e], e))[:2]
         return [e for e in edges if e not in keep], {"candidates": {str(e): {"ostr": v} for e, v in strength.items()}}
@@ -176,10 +174,9 @@ def _pickable(run: "SearchRun", scores: dict[str, torch.Tensor], include_none: b
     darts = run.space.family == "darts"
     for ct, s in scores.items():
         s = s.clone()
-        mask, fixed = arch.mask(ct).detach().cpu(), arch.fixed(ct).tolist()
+        live = arch.live(ct)
         for e, names in enumerate(run.space.cells[ct].ops):
-            keep = [k for k, name in enumerate(names)
-                    if (include_none or name != "none") and mask[e, k] != 0 and fixed[e] in (-1, k)]
+            keep = [k for k, name in enumerate(names) if (include_none or name != "none") and live[e, k]]
             if keep:
                 s[e, [k for k in range(len(names)) if k not in keep]] = float("-inf")
             elif darts:

@@ -93,9 +93,8 @@ class PtDecider:
         # An input whose ops were all removed before (crb pruning) is no input any more: removing it changes
         # nothing, so without this a live input whose removal helps would be dropped in its place and the
         # genotype would name a removed op. Such inputs go first (the later edge first), unevaluated.
-        with torch.no_grad():
-            w = self.arch.weights(ct).detach()
-        dead = [e for e in edges if not bool((w[e] != 0).any())]
+        live = self.arch.live(ct)
+        dead = [e for e in edges if not bool(live[e].any())]
         while len(remaining) > 2 and dead:
             drop = dead.pop()
             rounds.append({"candidates": {}, "dropped": drop, "no_live_op": True})

@@ -78,6 +78,12 @@ class ArchState(nn.Module):
             w = torch.where((fixed >= 0).unsqueeze(1), onehot, w)
         return w * self.mask(ct)
 
+    def live(self, ct: str) -> torch.Tensor:
+        """Bool (edges x ops): the ops the network computes, i.e. those with a non-zero base weight (removed
+        ops, the other ops of a fixed edge and crb ops at α <= 0 weigh 0 and are skipped)."""
+        with torch.no_grad():
+            return (self.base_weights(ct) != 0).cpu()
+
     def weights(self, ct: str) -> torch.Tensor:
         if self._override is not None and ct in self._override:
             return self._override[ct]
