@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import math
 
+from typing import Iterable
+
+import torch
+
 from .errors import DnasError
 
 
@@ -30,3 +34,9 @@ def check_sgd(*, lr: float, lr_min: float, momentum: float, weight_decay: float,
         raise DnasError(f"--momentum must be in [0, 1), got {momentum}")
     finite_non_negative("--weight-decay", weight_decay)
     finite_non_negative("--grad-clip", grad_clip, " (0: off)")
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """No NaN/inf in any of ``tensors`` (one host sync for all of them)."""
+    flags = [torch.isfinite(t.detach()).all() for t in tensors]
+    return not flags or bool(torch.stack(flags).all())

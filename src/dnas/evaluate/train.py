@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..bench import lookup_nb201
-from ..checks import check_sgd
+from ..checks import all_finite, check_sgd
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
@@ -235,8 +235,7 @@ def _check_finite(model: nn.Module, record: dict[str, Any], epoch: int, config: 
     which result.json would report as the architecture's test accuracy. Losses are summed over the ranks and
     DDP keeps the weights equal, so every rank stops at the same epoch."""
     bad = [k for k in ("train_loss", "test_loss") if k in record and not math.isfinite(record[k])]
-    params = list(model.parameters())
-    if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+    if not all_finite(model.parameters()):
         bad.append("weights")
     if bad:
         raise DnasError(f"training diverged in epoch {epoch + 1} (non-finite {', '.join(bad)}; lr {record['lr']:g}, "

@@ -9,6 +9,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError
 from ..io import atomic_write_json, read_jsonl
@@ -81,16 +82,17 @@ def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = C
     config = SearchConfig.from_json(cfg_dict)
     run = build_run(config)
     state = load_checkpoint(run_dir, checkpoint)
-    searcher = state.get("searcher")
-    if not isinstance(searcher, dict) or not isinstance(searcher.get("model"), dict):
-        raise DnasError(f"{run_dir / checkpoint}: not a search checkpoint")
-    weights = searcher["model"]
-    bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:  # every selector would still return a genotype (argmax of NaN, all-equal NaN accuracies...)
-        raise DnasError(f"{run_dir / checkpoint}: the supernet has NaN/inf values ({bad[0]}"
-                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): its search diverged and nothing "
-                        f"can be selected from it; search again with a lower --lr / --arch-lr")
-    load_searcher_state(lambda s: run.model.load_state_dict(s["model"]), state, run_dir / checkpoint)
+
+    def load(searcher: dict[str, Any]) -> None:
+        weights = searcher["model"]
+        bad = [k for k, v in weights.items() if torch.is_tensor(v) and v.is_floating_point() and not all_finite([v])]
+        if bad:  # every selector would still return a genotype (argmax of NaN, all-equal NaN accuracies...)
+            raise DnasError(f"{run_dir / checkpoint}: the supernet has NaN/inf values ({bad[0]}"
+                            f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): its search diverged and "
+                            f"nothing can be selected from it; search again with a lower --lr / --arch-lr")
+        run.model.load_state_dict(weights)
+
+    load_searcher_state(load, state, run_dir / checkpoint)
     return run
 
 
@@ -101,7 +103,7 @@ def load_searcher_state(load: Callable[[dict[str, Any]], None], state: dict[str,
         raise DnasError(f"{path}: not a search checkpoint")
     try:
         load(state["searcher"])
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:  # not a state dict of this net
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         detail = (lines[-1] if lines else type(e).__name__)[:160]
         raise DnasError(f"{path}: does not fit the supernet of {path.parent / 'config.json'} "

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..checks import all_finite
 from ..data import BatchLoader
 from ..errors import DnasError
 from ..supernet import weight_parameters
@@ -144,8 +145,7 @@ class Searcher:
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         bar.close()
-        params = self.w_params + self.a_params
-        if params and not bool(torch.stack([torch.isfinite(p.detach()).all() for p in params]).all()):
+        if not all_finite(self.w_params + self.a_params):
             raise self._diverged(f"non-finite w or α after epoch {epoch + 1}", desc)
         self.epoch = epoch + 1
         return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
