@@ -338,6 +338,7 @@ def test_plots_and_cell_drawings(tiny_run, tmp_path):
                   "candidates": {o: {"acc": 0.5 + 0.01 * k, "loss": 1.0} for k, o in enumerate(NB201_OPS)}}
                  for e in range(2)]
     del decisions[1]["candidates"]["none"]  # an op removed before the decision is not scored
+    decisions[0]["candidates"]["avg_pool_3x3"]["loss"] = None  # a NaN / inf loss, as standard JSON writes it
     sel = json.loads((tiny_run / "selections" / "magnitude.json").read_text())
     sel.update(method="pt", decisions=decisions, options={"criterion": "loss"})
     (tiny_run / "selections" / "pt.json").write_text(json.dumps(sel))

@@ -1,4 +1,5 @@
 """Bad input: one line on stderr naming the problem, exit code 2, nothing written or destroyed."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -369,3 +370,118 @@ def test_run_files_that_are_json_but_not_objects(tmp_path, capsys):
         assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (name, text, err)
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
         assert not (tmp_path / "t").exists()
+
+
+# torch's CPU allocator raises a plain RuntimeError; CUDA raises torch.OutOfMemoryError; numpy a MemoryError.
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+           "allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)")
+
+
+def _oom(exc):
+    def raise_(*a, **k):
+        raise exc
+    return raise_
+
+
+def test_out_of_memory_is_one_line_naming_the_sizes_and_keeps_the_old_run(tmp_path, capsys, monkeypatch):
+    """A size too large for the machine (no upper limit on --channels, --batch-size, --resolution...): one line
+    naming what was being built or run, its sizes and the options to lower, exit 2; and --force clears nothing
+    when the failure could be found before it (data, model build, moving and running the network once)."""
+    import torch
+
+    import dnas.evaluate.train as train_mod
+    import dnas.search.run as search_mod
+    from dnas.search import Searcher
+    from dnas.select import run as select_run
+
+    run = tmp_path / "run"
+    assert run_cli(["search", "--out", str(run), *TINY], capsys)[0] == 0
+    files = lambda d: {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.suffix != ".lock"}  # noqa: E731
+    before = files(run)
+
+    def one_line(args, *needles):
+        code, out, err = run_cli(args, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("dnas: error: out of memory") and all(n in err for n in needles), err
+        return err
+
+    with monkeypatch.context() as m:
+        m.setattr(search_mod, "build_supernet", _oom(RuntimeError(CPU_OOM)))
+        one_line(["search", "--out", str(run), *TINY, "--channels", "100000", "--force"], "building the supernet",
+                 "channels 100000", "batch 64", "resolution 8", "could not allocate 40 GB", "lower --channels")
+    assert files(run) == before
+    with monkeypatch.context() as m:
+        cuda_oom = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        m.setattr(Searcher, "train_epoch", _oom(cuda_oom))
+        one_line(["search", "--out", str(tmp_path / "b"), *TINY, "--batch-size", "4096"], "training the supernet",
+                 "batch 4096", "could not allocate 2.00 GiB", "--batch-size")
+    with monkeypatch.context() as m:
+        real = select_run.METHODS["magnitude"]
+        m.setitem(select_run.METHODS, "magnitude", dataclasses.replace(real, fn=_oom(MemoryError())))
+        one_line(["select", str(run), "--method", "magnitude", "--quiet"], "selecting with magnitude",
+                 "eval_batch_size")
+    assert files(run) == before
+
+    # train: the network is moved to the device and run once (the FLOP count) before --force clears the old run
+    t = tmp_path / "t"
+    tiny = [*(a.replace("{tmp}/a", str(t)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4", "--layers",
+            "1", "--subset", "100", "--test-subset", "50", "--quiet"]
+    assert run_cli(tiny, capsys)[0] == 0
+    trained = files(t)
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "count_flops", _oom(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")))
+        one_line([*tiny, "--force", "--channels", "64"], "building the network", "channels 64", "--layers")
+    assert files(t) == trained
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "train_one_epoch", _oom(RuntimeError(CPU_OOM)))
+        one_line([*tiny, "--out", str(tmp_path / "t2"), "--batch-size", "50"], "training the network", "batch 50")
+
+    # data: held in memory at --resolution; anything else: still one line, naming the command
+    import dnas.data.load as load_mod
+    with monkeypatch.context() as m:
+        m.setattr(load_mod, "load_synthetic_split", _oom(RuntimeError(CPU_OOM)))
+        one_line(["search", "--out", str(run), *TINY, "--resolution", "4000", "--force"], "loading the train split",
+                 "resolution 4000", "--resolution or --subset")
+    assert files(run) == before
+    import dnas.evaluate.query as query_mod
+    with monkeypatch.context() as m:
+        m.setattr(query_mod, "query_architecture", _oom(MemoryError()))
+        one_line(["query", "--space", "nb201", "--arch", NB201_ARCH], "in dnas query")
+
+
+def test_parse_options_keeps_config_json_standard(capsys):
+    """--option values end up in config.json, which is standard JSON: 1e999 (inf) is refused, NaN and Infinity
+    are not numbers."""
+    from dnas.cli import parse_options
+    assert parse_options(["a=NaN", "b=-Infinity", "c=0.5", "d=null"]) == {"a": "NaN", "b": "-Infinity", "c": 0.5,
+                                                                         "d": None}
+    code, _, err = run_cli(["select", "--method", "zeros", "--space", "nb201", "--option", "rounds=1e999"], capsys)
+    assert code == 2 and "--option rounds: 1e999 is beyond the range of a float" in err
+
+
+def test_every_json_writer_writes_standard_json(tmp_path):
+    """One writer (dnas.io.to_json) for every JSON file and stdout line: NaN/inf as null, never bare NaN."""
+    import math
+    from pathlib import Path
+
+    import numpy as np
+
+    import dnas
+    from dnas.io import append_jsonl, atomic_write_json, read_json, read_jsonl
+    from dnas.rundir import truncate_metrics
+
+    src = Path(dnas.__file__).parent
+    raw = [str(p.relative_to(src)) for p in src.rglob("*.py") if "json.dump" in p.read_text() and p.name != "io.py"]
+    assert raw == []
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))  # noqa: E731
+    atomic_write_json(tmp_path / "a.json", {"x": [math.nan, math.inf, -math.inf, np.float32(0.5), 1]})
+    assert strict((tmp_path / "a.json").read_text()) == {"x": [None, None, None, 0.5, 1]}
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "loss": NaN}\n{"epoch": 1, "loss": 1.0}\n')  # an old file
+    assert math.isnan(next(read_jsonl(tmp_path / "metrics.jsonl"))["loss"])  # still reads
+    append_jsonl(tmp_path / "metrics.jsonl", {"epoch": 2, "loss": math.inf})
+    truncate_metrics(tmp_path, 3)  # rewrites the old lines too
+    assert [strict(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [None, 1.0,
+                                                                                                       None]
+    (tmp_path / "old.json").write_text('{"s": [NaN, Infinity]}')
+    assert [math.isnan(read_json(tmp_path / "old.json")["s"][0]), read_json(tmp_path / "old.json")["s"][1]] == [
+        True, math.inf]

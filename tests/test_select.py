@@ -935,3 +935,35 @@ def test_selection_flags_a_genotype_that_names_a_removed_op():
                      "op": next(op for op, j in sel.genotype.normal[:2] if j == 0)}]
     sel.warnings.extend(warn)
     assert Selection.from_json(space, sel.to_json()).warnings == warn
+
+
+def test_selection_files_are_standard_json_and_nan_scores_read_back(tmp_path, capsys):
+    """Scores that are NaN on purpose (zeros: ops pruned in an earlier round; PT: ops never scored) are written as
+    null, which strict readers (jq, JavaScript) accept, not as bare NaN; dnas's readers make them NaN again, and a
+    file written with bare NaN (older versions) still reads the same."""
+    import numpy as np
+
+    from dnas.analysis.ops import load_method_scores
+    from dnas.select import Selection
+
+    sel_dir = tmp_path / "selections"
+    out = sel_dir / "zeros.json"
+    assert cli_main(["select", "--method", "zeros", "--space", "nb201", "--option", "channels=4", "--option",
+                     "cells=1", "--option", "resolution=8", "--out", str(out), "--quiet"]) == 0
+    strict = lambda text: json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c}"))  # noqa: E731
+    strict(capsys.readouterr().out)
+    entry = strict(out.read_text())
+    table = entry["scores"]["cell"]
+    assert any(v is None for row in table for v in row)  # the pruned ops
+    space = get_space("nb201")
+    nan = np.isnan(np.array(table, dtype=float))
+    assert (np.isnan(np.array(Selection.from_json(space, entry).scores["cell"], dtype=float)) == nan).all()
+    new = load_method_scores(tmp_path, space)
+    assert "zeros_round0" in new  # NaN in the table: scored by elimination order, as before
+    old = {**entry, "scores": {"cell": [[math.nan if v is None else v for v in row] for row in table]}}
+    out.write_text(json.dumps(old))  # bare NaN
+    assert "NaN" in out.read_text()
+    again = load_method_scores(tmp_path, space)
+    for key in ("zeros", "zeros_round0"):
+        np.testing.assert_array_equal(again[key]["scores"]["cell"], new[key]["scores"]["cell"])  # NaN == NaN here
+    assert (np.isnan(np.array(Selection.from_json(space, old).scores["cell"], dtype=float)) == nan).all()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -62,8 +63,30 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def jsonable(x: Any) -> Any:
+    """``x`` with NaN and ±inf as None and numpy / torch scalars as plain numbers (tuples become lists)."""
+    if hasattr(x, "item") and getattr(x, "ndim", None) == 0:
+        x = x.item()
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    return x
+
+
+def to_json(obj: Any, **kw: Any) -> str:
+    """Standard JSON text, as every file and stdout line dnas writes is: a non-finite float is ``null``.
+
+    json's default writes bare ``NaN`` / ``Infinity``, which jq, JavaScript and other strict readers refuse.
+    Where a table holds NaN on purpose (a selection's ``scores``: an op never scored), its readers turn
+    ``null`` back into NaN (``select.base.scores_from_json``; numpy's ``float`` arrays do it by themselves)."""
+    return json.dumps(jsonable(obj), allow_nan=False, **kw)
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, to_json(obj, indent=2) + "\n")
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
@@ -71,6 +94,7 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON file; also one written before dnas wrote standard JSON (bare NaN / Infinity read as floats)."""
     path = Path(path)
     try:
         return json.loads(path.read_text())
@@ -96,7 +120,7 @@ def append_jsonl(path: str | Path, record: dict) -> None:
     disk is the file's last: the readers (``truncate_metrics``, resumed rankings) drop it and redo its step."""
     try:
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
             f.flush()
     except OSError as e:
         if e.filename is None:  # ENOSPC from write/flush names no file

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from .errors import DnasError
-from .io import append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, torch_load
+from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, to_json,
+                 torch_load)
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 RESULT_LOCK = ".result.json.lock"  # held (briefly) around every read-modify-write of result.json
@@ -174,7 +175,7 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
                 break
             raise DnasError(f"{path}:{i + 1}: not a JSON line") from None
     kept = [r for r in records if isinstance(r, dict) and r.get(key, -1) < keep_until]
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    atomic_write_text(path, "".join(to_json(r) + "\n" for r in kept))
 
 
 def read_result(run: str | Path) -> dict[str, Any]:

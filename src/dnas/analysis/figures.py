@@ -141,11 +141,13 @@ def pt_decisions_figure(space: Space, decisions: Sequence[Mapping[str, Any]], pa
         ax = fig.add_subplot(nrow, ncol, i + 1)
         spec = space.cells[d["cell_type"]]
         names = [n for n in spec.ops[d["edge"]] if n in d["candidates"]]
-        acc = [d["candidates"][n]["loss" if loss else "acc"] * (1 if loss else 100) for n in names]
+        raw = [d["candidates"][n]["loss" if loss else "acc"] for n in names]  # null: a NaN / inf loss
+        acc = [math.nan if v is None else v * (1 if loss else 100) for v in raw]
         colors = ["tab:red" if n == d.get("chosen") else "tab:blue" for n in names]
         ax.bar(range(len(names)), acc, color=colors)
-        lo = min(acc)
-        ax.set_ylim(max(0.0, lo - 0.15 * (max(acc) - lo + 1)), max(acc) + 0.5)
+        shown = [v for v in acc if math.isfinite(v)] or [0.0]
+        lo = min(shown)
+        ax.set_ylim(max(0.0, lo - 0.15 * (max(shown) - lo + 1)), max(shown) + 0.5)
         ax.set_xticks(range(len(names)), [short_op(n) for n in names], rotation=45, ha="right", fontsize=7)
         src, dst = spec.edges[d["edge"]]
         ct = "" if len(space.cells) == 1 else f"{d['cell_type']} "

@@ -26,7 +26,6 @@ from ..io import atomic_write_json, read_json
 from ..rundir import read_config
 from ..spaces import Space, get_space
 from . import metrics as M
-from ._json import jsonable
 from .table import TruthTable, load_truth
 
 # Multiply a method's stored scores by this so that higher = stronger (all current selectors: +1).
@@ -88,7 +87,7 @@ def _table(scores: dict[str, Any], ct: str, space: Space, path: Path) -> np.ndar
     spec = space.cells[ct]
     if not isinstance(scores, dict):
         raise DnasError(f"{path}: scores must be a JSON object (cell type -> edges x ops), got {type(scores).__name__}")
-    s = np.array(scores.get(ct, []), dtype=np.float64)
+    s = np.array(scores.get(ct, []), dtype=np.float64)  # null (how the files write NaN) is NaN again
     if s.shape != (spec.num_edges, spec.num_ops):
         raise DnasError(f"{path}: scores for {ct} have shape {s.shape}, expected {(spec.num_edges, spec.num_ops)}")
     return s
@@ -172,5 +171,5 @@ def analyze_ops(run_dir: str | Path, *, table_path: str | None = None, arch_colu
         from .figures import ops_heatmap
         ops_heatmap(space, truth, {k: v["scores"] for k, v in methods.items()}, result["methods"], out / FIGURE)
         result["figure"] = FIGURE
-    atomic_write_json(out / SUMMARY, jsonable(result))
+    atomic_write_json(out / SUMMARY, result)
     return result

@@ -25,11 +25,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DnasError
-from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_json
+from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, to_json
 from ..rundir import require_finished, run_lock
 from ..spaces import Genotype, Space
 from . import metrics as M
-from ._json import jsonable
 from .table import TruthTable, load_truth, read_arch_list
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -170,7 +169,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             if n != len(lines) - 1:
                 raise DnasError(f"{path}:{n + 1}: corrupt record (delete the file or use --force)") from None
-            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in out))
+            atomic_write_text(path, "".join(to_json(r) + "\n" for r in out))
     return out
 
 

@@ -5,29 +5,46 @@ import argparse
 import json
 import importlib
 import importlib.util
+import math
 import os
 import signal
 import sys
 import threading
 
-from ..errors import DnasError
+from ..errors import DnasError, is_out_of_memory, memory_message
 
 # One module per subcommand, each with ``register(subparsers)`` that sets ``func(args) -> int``.
 COMMANDS = ("search", "select", "query", "train", "analyze", "reproduce")
 
 
 def parse_options(items: list[str]) -> dict[str, object]:
-    """KEY=VALUE pairs; values are JSON when they parse (5, true, null, 0.3), strings otherwise."""
+    """KEY=VALUE pairs; values are standard JSON when they parse (5, true, null, 0.3), strings otherwise.
+
+    Options are saved in config.json, which holds standard JSON only: NaN and Infinity stay strings (and
+    are refused as numbers), a number beyond float range (1e999) is refused here."""
     out: dict[str, object] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise DnasError(f"--option expects KEY=VALUE, got {item!r}")
         try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
+            out[key] = json.loads(value, parse_constant=_not_json, parse_float=_finite_float)
+        except ValueError as e:  # JSONDecodeError, _not_json, _finite_float
+            if isinstance(e, DnasError):
+                raise DnasError(f"--option {key}: {e}") from None
             out[key] = value
     return out
+
+
+def _not_json(token: str) -> None:
+    raise ValueError(f"{token} is not standard JSON")  # NaN, Infinity: kept as the string the user typed
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise DnasError(f"{text} is beyond the range of a float")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         # a read-only or full disk).
         where = f"{e.filename}: " if e.filename else ""
         sys.stderr.write(f"dnas: error: {where}{e.strerror or e}\n")
+        return 2
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        # Out of memory outside the steps that name their sizes (``memory_limits``): still one line.
+        line = memory_message(e, f"in dnas {args.command}", lower="its sizes (channels, batch size, resolution)")
+        sys.stderr.write(f"dnas: error: {line}\n")
         return 2
     except KeyboardInterrupt:
         how = "run the same command again" if args.command == "reproduce" else "resume with --resume"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -78,7 +77,8 @@ def _plot_wanted(a: argparse.Namespace) -> bool:
 
 
 def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=1))
+    from ..io import to_json
+    print(to_json(obj, indent=1))
 
 
 def _ranking(a: argparse.Namespace) -> int:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..evaluate.query import query_architecture
+    from ..io import to_json
 
     out = query_architecture(args.space, args.arch, index=args.index, table=args.table, iso=args.iso,
                              channels=args.channels, layers=args.layers, num_classes=args.num_classes,
                              resolution=args.resolution)
-    print(json.dumps(out, indent=2))
+    print(to_json(out, indent=2))
     return 0

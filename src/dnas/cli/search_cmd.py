@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from ..data import DATASETS
+from ..io import to_json
 from ..search import MODES, SearchConfig, run_search
 from ..search.modes import make_config
 from ..spaces import SPACES
@@ -113,6 +113,6 @@ def _run(a: argparse.Namespace) -> int:
                         on_epoch=None if a.quiet else _epoch_line(cfg.epochs))
     if methods:
         result = run_selections(cfg.out, methods, resume=a.resume, quiet=a.quiet)
-    print(json.dumps({"run": cfg.out, "space": result["space"], "genotype": result["genotype"],
+    print(to_json({"run": cfg.out, "space": result["space"], "genotype": result["genotype"],
                       "selections": {m: s.get("genotype") for m, s in result.get("selections", {}).items()}}))
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import DnasError
@@ -29,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(a: argparse.Namespace) -> int:
-    from ..io import atomic_write_json
+    from ..io import atomic_write_json, to_json
     from ..select.run import get_method, run_selection, select_without_run
     get_method(a.method)
     options = parse_options(a.option)
@@ -58,5 +57,5 @@ def _run(a: argparse.Namespace) -> int:
             "cost": entry["cost"]}
     if "ground_truth" in entry:
         line["ground_truth"] = entry["ground_truth"]
-    print(json.dumps(line))
+    print(to_json(line))
     return 0

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import DnasError
     from ..evaluate.distributed import init_distributed, shutdown_distributed
     from ..evaluate.train import genotype_from_run, make_config, train_network
+    from ..io import to_json
 
     if args.selection and not args.run:
         raise DnasError("--selection needs --run")
@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed(ctx)
     if ctx.is_main:
-        print(json.dumps({k: result.get(k) for k in ("space", "genotype_str", "dataset", "epochs", "test_acc",
+        print(to_json({k: result.get(k) for k in ("space", "genotype_str", "dataset", "epochs", "test_acc",
                                                      "params_M", "flops_M", "seconds")}))
     return 0

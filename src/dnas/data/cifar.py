@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
 import pickle
 import shutil
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DnasError
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, to_json
 from .files import fetch, file_md5, one_line, resolve_data_dir
 
 _CACHE_VERSION = 1
@@ -213,7 +212,7 @@ def _cache_key(name: str, split: str, files: list[Path]) -> str:
     for p in files:
         st = p.stat()
         stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    return json.dumps({"v": _CACHE_VERSION, "name": name, "split": split, "files": stats})
+    return to_json({"v": _CACHE_VERSION, "name": name, "split": split, "files": stats})
 
 
 def _load_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -5,7 +5,7 @@ import os
 
 import torch
 
-from ..errors import DnasError
+from ..errors import DnasError, memory_limits
 from . import svhn
 from .builtin import SYNTHETIC_RESOLUTION, load_digits_split, load_synthetic_split
 from .cifar import load_cifar
@@ -49,27 +49,30 @@ def load_dataset(
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise DnasError(f"{name}: seed must be an integer, got {seed!r}")
 
-    if name == "digits":
-        images, labels, mean, std = load_digits_split(split)
-        num_classes, pad, flip = 10, 1, False
-    elif name == "synthetic":
-        images, labels, mean, std = load_synthetic_split(split, resolution)  # generated at `resolution`
-        num_classes, pad, flip = 10, 0, False
-    elif name == "svhn":
-        images, labels = svhn.load_svhn(split, data_dir)
-        num_classes, mean, std, pad, flip = svhn.NUM_CLASSES, svhn.MEAN, svhn.STD, 4, True  # as darts-pt
-    else:
-        images, labels, spec = load_cifar(name, split, data_dir)
-        num_classes, mean, std, pad, flip = spec.num_classes, spec.mean, spec.std, 4, True
+    # The images are held in memory, resized once: a large --resolution (or data set) can exceed it.
+    sizes = {"resolution": resolution or native_resolution(name), "subset": subset}
+    with memory_limits(f"loading the {split} split of {name}", sizes, "--resolution or --subset"):
+        if name == "digits":
+            images, labels, mean, std = load_digits_split(split)
+            num_classes, pad, flip = 10, 1, False
+        elif name == "synthetic":
+            images, labels, mean, std = load_synthetic_split(split, resolution)  # generated at `resolution`
+            num_classes, pad, flip = 10, 0, False
+        elif name == "svhn":
+            images, labels = svhn.load_svhn(split, data_dir)
+            num_classes, mean, std, pad, flip = svhn.NUM_CLASSES, svhn.MEAN, svhn.STD, 4, True  # as darts-pt
+        else:
+            images, labels, spec = load_cifar(name, split, data_dir)
+            num_classes, mean, std, pad, flip = spec.num_classes, spec.mean, spec.std, 4, True
 
-    if split == "train":
-        perm = torch.randperm(len(labels), generator=generator(seed, _SHUFFLE_STREAM))
-        images, labels = images[perm], labels[perm]
-    if subset is not None:
-        keep = balanced_subset(labels, subset, num_classes, seed, name)
-        images, labels = images[keep], labels[keep]
-    if resolution is not None:
-        images = resize_images(images, resolution, name)
+        if split == "train":
+            perm = torch.randperm(len(labels), generator=generator(seed, _SHUFFLE_STREAM))
+            images, labels = images[perm], labels[perm]
+        if subset is not None:
+            keep = balanced_subset(labels, subset, num_classes, seed, name)
+            images, labels = images[keep], labels[keep]
+        if resolution is not None:
+            images = resize_images(images, resolution, name)
     return ImageDataset(
         name=name,
         images=images.contiguous(),

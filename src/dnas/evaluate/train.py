@@ -35,7 +35,7 @@ from ..checks import all_finite, check_sgd
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
-from ..errors import DnasError
+from ..errors import DnasError, memory_limits
 from ..io import read_json, read_jsonl
 from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
                       read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state,
@@ -320,7 +320,17 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     # Rank 0 takes the lock; a refusal reaches every rank as the same DnasError (none is left in a collective).
     with contextlib.ExitStack() as held:
         _on_main(ctx, lambda: held.enter_context(run_lock(run)))
-        return _train(config, run, ctx, train_set, test_set, resume=resume, force=force, callback=callback)
+        with memory_limits("training the network", _sizes(config, train_set, ctx), TRAIN_SIZES):
+            return _train(config, run, ctx, train_set, test_set, resume=resume, force=force, callback=callback)
+
+
+TRAIN_SIZES = "--channels, --layers, --batch-size or --resolution"  # the flags that set a training's memory use
+
+
+def _sizes(config: TrainConfig, train_set: ImageDataset, ctx: DistContext) -> dict[str, Any]:
+    """What the network's memory use grows with, as out-of-memory errors name it."""
+    return {"space": config.space, "channels": config.channels, "layers": config.layers, "batch": config.batch_size,
+            "resolution": train_set.resolution, "device": str(ctx.device)}
 
 
 def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDataset, test_set: ImageDataset, *,
@@ -331,17 +341,18 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     per_rank = -(-len(train_set) // ctx.world_size)  # as BatchLoader pads the epoch over the ranks
     check_bn_batches(train_set.resolution, max(config.batch_size // ctx.world_size, 1), {"training": per_rank})
     seed_everything(config.seed)
-    # Built before the directory is prepared: a network that cannot be made (memory, sizes) keeps the old run
-    # that --force would otherwise have cleared.
-    model = build_network(space, genotype, num_classes=train_set.num_classes, in_channels=train_set.channels,
-                          channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0)
+    # Built, moved to the device and run once (the FLOP count) before the directory is prepared: a network that
+    # cannot be made (memory, sizes) keeps the old run that --force would otherwise have cleared.
+    with memory_limits("building the network", _sizes(config, train_set, ctx), TRAIN_SIZES):
+        model = build_network(space, genotype, num_classes=train_set.num_classes, in_channels=train_set.channels,
+                              channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0)
+        model.to(ctx.device)
+        counts = {"params_M": round(count_params(model) / 1e6, 6),
+                  "flops_M": round(count_flops(model, (1, train_set.channels, train_set.resolution,
+                                                       train_set.resolution)) / 1e6, 6)}
     cfg_dict = asdict(config)
     _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
-    model.to(ctx.device)
-    counts = {"params_M": round(count_params(model) / 1e6, 6),
-              "flops_M": round(count_flops(model, (1, train_set.channels, train_set.resolution,
-                                                   train_set.resolution)) / 1e6, 6)}
     # Drop-path masks and other training noise: a stream of their own per rank.
     torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank))
     net: nn.Module = model

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from ..errors import DnasError
+from ..io import to_json
 from ..search import SearchConfig, make_config
 
 
@@ -123,7 +124,7 @@ class Protocol:
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("rationale")
-        return json.loads(json.dumps(d))  # tuples as lists: equal to what protocol.json holds
+        return json.loads(to_json(d))  # tuples as lists: equal to what protocol.json holds
 
     def settings(self) -> dict[str, Any]:
         """What shapes the results (everything but the seeds): two runs may share an output directory

@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..errors import DnasError
+from ..errors import DnasError, is_out_of_memory, memory_message
 from ..io import atomic_write_json, read_json
 from .jobs import JOB, RUN, SELECTION, STATUS
 
@@ -99,9 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         status.update(state="interrupted")  # resumes on the next run
         code = 130
     except BaseException as e:  # noqa: BLE001  (the status must say why; the traceback goes to the log)
-        traceback.print_exc()
-        status.update(state="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
-        code = 1
+        if is_out_of_memory(e):  # one outside the steps that name their sizes: a user's size, as in the CLI
+            line = memory_message(e, f"in job {job_dir.name}", lower="the protocol's sizes")
+            print(f"dnas: error: {line}", file=sys.stderr, flush=True)
+            status.update(state="failed", error=line)
+            code = 2
+        else:
+            traceback.print_exc()
+            status.update(state="failed", error=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            code = 1
     status.update(seconds=status["seconds"] + time.time() - t0, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(status_path, status)
     print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {status['state']} "

@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
-from ..errors import DnasError
+from ..errors import DnasError, memory_limits
 from ..io import atomic_write_json, read_jsonl
 from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
                       run_lock, save_checkpoint, seed_everything, selection_summary, set_rng_state, truncate_metrics,
@@ -67,10 +67,20 @@ def build_run(config: SearchConfig) -> SearchRun:
     valid_eval = BatchLoader(data, va_idx, max(bs, 256), augment=False, shuffle=False, seed=config.seed,
                              stream=2, device=device)
     seed_everything(config.seed)  # model init does not depend on how much randomness data loading used
-    model = build_supernet(space, channels=config.channels, cells=config.cells, num_classes=data.num_classes,
-                           in_channels=data.channels, activation=config.activation, impl=config.impl,
-                           node_bn=config.node_bn).to(device)
+    with memory_limits("building the supernet", supernet_sizes(config, data.resolution, device), SEARCH_SIZES):
+        model = build_supernet(space, channels=config.channels, cells=config.cells, num_classes=data.num_classes,
+                               in_channels=data.channels, activation=config.activation, impl=config.impl,
+                               node_bn=config.node_bn).to(device)
     return SearchRun(config, space, model, train, valid, valid_eval, device, data)
+
+
+SEARCH_SIZES = "--channels, --cells, --batch-size or --resolution"  # the search flags that set its memory use
+
+
+def supernet_sizes(config: SearchConfig, resolution: int, device: torch.device) -> dict[str, Any]:
+    """What a supernet's memory use grows with, as out-of-memory errors name it."""
+    return {"space": config.space, "channels": config.channels, "cells": config.cells, "batch": config.batch_size,
+            "resolution": resolution, "device": str(device)}
 
 
 def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = CHECKPOINT) -> SearchRun:
@@ -145,10 +155,12 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         elif resume:
             truncate_metrics(out, 0)
         for epoch in range(searcher.epoch, config.epochs):
-            m = searcher.train_epoch(epoch)
-            if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                v = searcher.evaluate(run.valid_eval)
-                m.update(valid_loss=v["loss"], valid_acc=v["acc"])
+            with memory_limits("training the supernet", supernet_sizes(config, run.dataset.resolution, run.device),
+                               SEARCH_SIZES):
+                m = searcher.train_epoch(epoch)
+                if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                    v = searcher.evaluate(run.valid_eval)
+                    m.update(valid_loss=v["loss"], valid_acc=v["acc"])
             genotype = select_magnitude(run.model.arch).genotype
             record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
             log_metrics(out, record)

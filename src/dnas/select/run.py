@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import DnasError
+from ..errors import DnasError, memory_limits
 from ..io import atomic_torch_save, atomic_write_json, read_json, torch_load
 from ..rundir import selection_summary, update_result
 from ..spaces import Space
@@ -145,7 +145,12 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
             run_lock(run_dir, name=f"selections/.{method}.lock", what=f"{run_dir} (selection {method})"):
         require_finished(run_dir)  # again under the lock: a search --force may have started since
         ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
-        sel = m.fn(run, ctx)
+        from ..search.run import SEARCH_SIZES, supernet_sizes
+        sizes = {**supernet_sizes(run.config, run.dataset.resolution, run.device),
+                 "eval_batch_size": (options or {}).get("eval_batch_size")}
+        with memory_limits(f"selecting with {method} on {run_dir}", sizes,
+                           f"--option eval_batch_size (pt, ostr), or search a smaller supernet ({SEARCH_SIZES})"):
+            sel = m.fn(run, ctx)
         sel.warnings.extend(w for w in removed_ops_named(run.model.arch, sel.genotype) if w not in sel.warnings)
         entry = {**sel.to_json(), "requested_options": dict(options or {})}
         hook = ground_truth_hook()

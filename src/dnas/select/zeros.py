@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from ..errors import DnasError
+from ..errors import DnasError, memory_limits
 from ..spaces import Space, get_space
 from ..supernet import ArchState, build_supernet
 from .base import Selection
@@ -183,11 +183,16 @@ def select_zeros(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
     t0 = time.time()
     passes = 0
     modes = {"auto": (True, False), "train": (True,), "eval": (False,)}[opts["bn_mode"]]
+    shown_sizes = {"space": space.name, "channels": sizes["channels"], "cells": sizes["cells"],
+                   "resolution": resolution, "dtype": opts["dtype"], "device": str(device)}
+    lower = ("the run's sizes (a search with lower --channels, --cells or --resolution)" if run is not None
+             else "--option channels, cells or resolution, or use dtype=float32")
     for bn_train in modes:
-        model = init_supernet(space, dtype=dtype, seed=seed, abs_alpha=abs_alpha, device=device, node_bn=node_bn,
-                              **sizes)
-        scores, log = iterative_prune(model, resolution, sizes["in_channels"], rounds=rounds, bn_train=bn_train,
-                                      seed=seed)
+        with memory_limits("scoring the supernet (zeros)", shown_sizes, lower):
+            model = init_supernet(space, dtype=dtype, seed=seed, abs_alpha=abs_alpha, device=device,
+                                  node_bn=node_bn, **sizes)
+            scores, log = iterative_prune(model, resolution, sizes["in_channels"], rounds=rounds,
+                                          bn_train=bn_train, seed=seed)
         passes += len(log) + (scores is None)
         if scores is not None:
             break
