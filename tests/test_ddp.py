@@ -5,6 +5,8 @@ import itertools
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -121,6 +123,11 @@ def test_more_local_ranks_than_gpus_is_one_line(monkeypatch):
         monkeypatch.setenv(var, value)
     with pytest.raises(DnasError, match=r"local rank 2 but this machine has 2 GPU\(s\)"):
         init_distributed("cuda")
+    # torchrun says how many it started here: every rank refuses alike, local rank 0 (the one that prints) too
+    for var, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("LOCAL_WORLD_SIZE", "4")):
+        monkeypatch.setenv(var, value)
+    with pytest.raises(DnasError, match=r"torchrun started 4 processes on this machine, which has 2 GPU\(s\)"):
+        init_distributed("cuda")
 
 
 def _locked_worker(rank: int, world: int, port: int, out: str) -> None:
@@ -148,3 +155,44 @@ def test_every_rank_is_refused_an_out_dir_in_use(tmp_path):
         outcome = (tmp_path / f"outcome{rank}.txt").read_text()
         assert outcome.startswith("DnasError:") and "in use by another dnas command" in outcome, (rank, outcome)
     assert {p.name for p in (tmp_path / "run").iterdir()} == {".lock"}
+
+
+def _as_rank(monkeypatch, local_rank: int, world: int = 2) -> None:
+    """The environment torchrun gives local rank ``local_rank`` of ``world`` processes on one machine."""
+    for var, value in (("WORLD_SIZE", world), ("LOCAL_WORLD_SIZE", world), ("RANK", local_rank),
+                       ("LOCAL_RANK", local_rank)):
+        monkeypatch.setenv(var, str(value))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--space", "nb201", "--arch", ARCH, "--out", "{tmp}/t", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "--space", "nb201", "--arch", ARCH, "--out", "{tmp}/t", "--bogus"], "unrecognized arguments: --bogus"),
+    (["search", "--out", "{tmp}/s", "--dataset", "synthetic"], "only `dnas train` runs under torchrun"),
+    (["reproduce", "smoke", "--out", "{tmp}/r"], "only `dnas train` runs under torchrun"),
+])
+def test_under_torchrun_bad_input_is_one_line_per_machine(tmp_path, capsys, monkeypatch, argv, needle):
+    """Every process torchrun starts fails alike on bad input: local rank 0 says so, the others exit 2 silently
+    (K identical lines before). Other commands than train are refused (K searches raced on one run directory)."""
+    from dnas.cli import main
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    for rank in (0, 1):
+        _as_rank(monkeypatch, rank)
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, (rank, err)
+        assert err.splitlines() == ([err.strip()] if rank == 0 else []) and (needle in err) == (rank == 0), (rank, err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_torchrun_bad_option_prints_one_line(tmp_path):
+    """What a user sees: `torchrun --nproc_per_node 2 -m dnas train ... --epochs 0` prints dnas's error once."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(_free_port()), "-m", "dnas", "train", "--space", "nb201", "--arch", ARCH,
+                           "--dataset", "synthetic", "--out", str(tmp_path / "t"), "--epochs", "0"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "dnas: error" in ln]
+    assert lines == ["dnas: error: --epochs must be >= 1, got 0"], proc.stderr[-3000:]
+    assert proc.returncode != 0 and not (tmp_path / "t").exists()

@@ -116,9 +116,10 @@ def test_smoke_on_a_local_ray_instance(tmp_path, table):
 class FakePool:
     """Finishes jobs instantly by writing their output files; fails the names in ``fail``."""
 
-    def __init__(self, out: Path, jobs, fail=(), killed_after_output=()):
+    def __init__(self, out: Path, jobs, fail=(), killed_after_output=(), sigkill=()):
         self.out, self.by_name, self.fail = out, {j.name: j for j in jobs}, set(fail)
         self.killed = set(killed_after_output)  # output written, then the process died (rc -9)
+        self.sigkill = set(sigkill)  # killed before any output or status (out of memory): rc -9
         self.running: list[str] = []
         self.started: list[str] = []
         self.max_running = 0
@@ -137,6 +138,8 @@ class FakePool:
         if name in self.fail:
             (job_dir(self.out, name) / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
             return [(name, 1, "")]
+        if name in self.sigkill:
+            return [(name, -9, "")]
         f = selection_file(self.out, job)
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text(json.dumps({"genotype": "x"}))
@@ -187,6 +190,27 @@ def test_report_marks_values_missing_for_some_seeds():
 
     assert _fmt({"n": 2, "mean": 91.0, "std": 2 ** 0.5}, of=3) == "91.00 ± 1.41 (2 of 3)"
     assert _fmt({"n": 3, "mean": 91.0, "std": 1.0}, of=3) == "91.00 ± 1.00"
+
+
+def test_a_killed_job_is_reported_as_killed(tmp_path):
+    """A worker killed by SIGKILL (out of memory, say) leaves no error in its status: the reason names the signal
+    and what this attempt said last, not the worker's own "attempt 2 on HOST" line (which it used to report) or
+    an earlier attempt's error."""
+    jobs = plan(get_protocol("smoke"), [0])
+    log = job_dir(tmp_path, "darts1-s0") / "log.txt"
+    log.parent.mkdir(parents=True)
+    earlier = ("== 2026-01-01 00:00:00 darts1-s0: attempt 1 on vm with 1 thread(s)\nRuntimeError: an old one\n"
+               "== 2026-01-01 00:00:09 darts1-s0: failed (9.0 s this attempt)\n")
+    log.write_text(earlier + "== 2026-01-01 00:01:00 darts1-s0: attempt 2 on vm with 1 thread(s)\n")
+    res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs, sigkill={"darts1-s0"}), workers=1, quiet=True)
+    assert res.failed["darts1-s0"] == "killed by SIGKILL"
+    assert read_status(tmp_path, "darts1-s0")["error"] == "killed by SIGKILL"
+    assert set(res.blocked) == {"darts1-s0-pt", "darts1-s0-ostr"}
+    with open(log, "a") as f:
+        f.write("UserWarning: something the job said\n")
+    (job_dir(tmp_path, "darts1-s0") / "status.json").unlink()
+    res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs, sigkill={"darts1-s0"}), workers=1, quiet=True)
+    assert res.failed["darts1-s0"] == "killed by SIGKILL: UserWarning: something the job said"
 
 
 def test_finished_output_wins_over_exit_code_and_one_run_per_directory(tmp_path):

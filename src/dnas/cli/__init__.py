@@ -12,6 +12,7 @@ import sys
 import threading
 
 from ..errors import DnasError, is_out_of_memory, memory_message
+from ..launch import reports_errors, world_size
 
 # One module per subcommand, each with ``register(subparsers)`` that sets ``func(args) -> int``.
 COMMANDS = ("search", "select", "query", "train", "analyze", "reproduce")
@@ -47,9 +48,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _say(line: str) -> None:
+    """One line to stderr; under torchrun from one process per machine (they all fail the same way)."""
+    if reports_errors():
+        sys.stderr.write(line + "\n")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's default also prints usage)
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        _say(f"{self.prog}: error: {message}")
         sys.exit(2)
 
 
@@ -87,30 +94,32 @@ def main(argv: list[str] | None = None) -> int:
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
     try:
+        if args.command != "train" and world_size() > 1:  # K copies would race on one output
+            raise DnasError(f"only `dnas train` runs under torchrun; run `dnas {args.command}` as one process")
         threads = _threads(args)
         if threads > 0:
             import torch
             torch.set_num_threads(threads)
         return int(args.func(args) or 0)
     except DnasError as e:
-        sys.stderr.write(f"dnas: error: {e}\n")
+        _say(f"dnas: error: {e}")
         return 2
     except OSError as e:
         # A path the user named clashes with the file system (a file where a folder must go, no rights,
         # a read-only or full disk).
         where = f"{e.filename}: " if e.filename else ""
-        sys.stderr.write(f"dnas: error: {where}{e.strerror or e}\n")
+        _say(f"dnas: error: {where}{e.strerror or e}")
         return 2
     except Exception as e:
         if not is_out_of_memory(e):
             raise
         # Out of memory outside the steps that name their sizes (``memory_limits``): still one line.
         line = memory_message(e, f"in dnas {args.command}", lower="its sizes (channels, batch size, resolution)")
-        sys.stderr.write(f"dnas: error: {line}\n")
+        _say(f"dnas: error: {line}")
         return 2
     except KeyboardInterrupt:
         how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
-        sys.stderr.write(f"dnas: interrupted ({how})\n")
+        _say(f"dnas: interrupted ({how})")
         return 130
     finally:
         if on_main_thread:

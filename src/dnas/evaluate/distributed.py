@@ -6,7 +6,6 @@ Under ``torchrun --nproc_per_node K`` the environment carries ``WORLD_SIZE``, ``
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +13,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import DnasError
+from ..launch import env_int, world_size
 from ..rundir import resolve_device
 
 
@@ -59,22 +59,12 @@ class DistContext:
                 dist.broadcast(b, 0)
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise DnasError(f"environment variable {name}={value!r} is not an integer") from None
-
-
 def init_distributed(device: str = "auto") -> DistContext:
     """The context of this process; joins the process group when launched by ``torchrun`` with K > 1."""
-    world = _env_int("WORLD_SIZE") or 1
+    world = world_size()
     if world <= 1:
         return DistContext(device=resolve_device(device))
-    rank, local = _env_int("RANK"), _env_int("LOCAL_RANK")
+    rank, local = env_int("RANK"), env_int("LOCAL_RANK")
     if rank is None:
         raise DnasError("WORLD_SIZE is set but RANK is not (launch with torchrun)")
     local = rank if local is None else local
@@ -82,9 +72,15 @@ def init_distributed(device: str = "auto") -> DistContext:
     if use_cuda:
         if not torch.cuda.is_available():
             raise DnasError("--device cuda requested but no CUDA device is available")
-        if local >= torch.cuda.device_count():  # more processes per node than GPUs: one GPU per rank
-            raise DnasError(f"torchrun started local rank {local} but this machine has "
-                            f"{torch.cuda.device_count()} GPU(s): use --nproc_per_node <= the GPU count")
+        # One GPU per rank. torchrun tells every rank how many it started here (LOCAL_WORLD_SIZE), so all of them
+        # refuse alike (one line, from local rank 0), not only the ranks left without a GPU.
+        here, gpus = env_int("LOCAL_WORLD_SIZE"), torch.cuda.device_count()
+        if here is not None and here > gpus:
+            raise DnasError(f"torchrun started {here} processes on this machine, which has {gpus} GPU(s): "
+                            f"use --nproc_per_node <= the GPU count")
+        if local >= gpus:
+            raise DnasError(f"this is local rank {local} but this machine has {gpus} GPU(s): start at most one "
+                            f"process per GPU")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:

@@ -8,6 +8,7 @@ this package installed in the Python that runs its Ray workers.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any, Callable
 
 from ..errors import DnasError
 from ..io import atomic_write_json
-from .jobs import JOB, LOG, RUN, STATUS, Job, is_finished, job_dir, read_status, search_name
+from .jobs import JOB, LOG, MARK, RUN, STATUS, Job, is_finished, job_dir, read_status, search_name
 
 
 def worker_command(path: str, threads: int) -> list[str]:
@@ -123,7 +124,6 @@ class RayPool:
             raise DnasError("--ray needs Ray: pip install 'dnas[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
-            import signal
             import threading
             main_thread = threading.current_thread() is threading.main_thread()
             handler = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -256,12 +256,20 @@ def _failure(out: Path, name: str, rc: int) -> str:
     status = read_status(out, name)
     if status.get("error"):
         return f"exit {rc}: {status['error']}"
+    how = f"exit {rc}"
+    if rc < 0:  # a signal the worker could not catch (SIGKILL: out of memory, or stopped from outside)
+        try:
+            how = f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            how = f"killed by signal {-rc}"
     tail = ""
     log = job_dir(out, name) / LOG
-    if log.exists():
-        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-        tail = lines[-1][:300] if lines else ""
-    return f"exit {rc}" + (f": {tail}" if tail else "")
+    if log.exists():  # this attempt's last words: after the worker's own last line ("attempt N on ..."), if any
+        lines = log.read_text(errors="replace").splitlines()
+        marks = [i for i, ln in enumerate(lines) if ln.startswith(MARK)]
+        said = [ln for ln in lines[marks[-1] + 1 if marks else 0:] if ln.strip()]
+        tail = said[-1][:300] if said else ""
+    return how + (f": {tail}" if tail else "")
 
 
 def _mark_failed(out: Path, name: str, rc: int, reason: str) -> None:

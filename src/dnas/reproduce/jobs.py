@@ -24,6 +24,7 @@ from ..io import read_json
 from .protocols import Protocol
 
 JOB, STATUS, LOG, RUN, SELECTION = "job.json", "status.json", "log.txt", "run", "selection.json"
+MARK = "== "  # starts the worker's own lines in log.txt (an attempt began / ended), not the job's output
 
 
 @dataclass(frozen=True)

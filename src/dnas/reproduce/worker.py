@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import DnasError, is_out_of_memory, memory_message
 from ..io import atomic_write_json, read_json
-from .jobs import JOB, RUN, SELECTION, STATUS
+from .jobs import JOB, MARK, RUN, SELECTION, STATUS
 
 
 def describe_device(device: Any, threads: int) -> str:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
               "seconds": before.get("seconds", 0.0), "host": socket.gethostname(), "pid": os.getpid(),
               "threads": a.threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(status_path, status)
-    print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: attempt {status['attempts']} on "
+    print(f"{MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: attempt {status['attempts']} on "
           f"{status['host']} with {a.threads} thread(s)", flush=True)
     t0 = time.time()
     code = 0
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
     status.update(seconds=status["seconds"] + time.time() - t0, ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
     atomic_write_json(status_path, status)
-    print(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {status['state']} "
+    print(f"{MARK}{time.strftime('%Y-%m-%d %H:%M:%S')} {job_dir.name}: {status['state']} "
           f"({time.time() - t0:.1f} s this attempt)", flush=True)
     return code
 
