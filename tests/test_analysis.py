@@ -250,6 +250,19 @@ def test_ranking_resumes_from_appended_records(tiny_run, tmp_path):
     assert all(redo[json.loads(x)["arch"]] == json.loads(x)["supernet_acc"] for x in lines[2:4])  # deterministic
 
 
+def test_ranking_records_that_cannot_be_read_are_one_error(tmp_path):
+    """Only a torn *last* line is repaired; a bad line before it, or bytes that are not UTF-8, are one
+    DnasError naming the file (the last one used to be a UnicodeDecodeError traceback)."""
+    path = tmp_path / "ranking.jsonl"
+    good = json.dumps({"arch": ARCHS[0], "supernet_acc": 0.5})
+    path.write_text("{\"arch\": \n" + good + "\n")
+    with pytest.raises(DnasError, match="ranking.jsonl:1: not a JSON line"):
+        read_records(path)
+    path.write_bytes(good.encode() + b"\n\xff\xfe\n")
+    with pytest.raises(DnasError, match="ranking.jsonl: not a JSON-lines file"):
+        read_records(path)
+
+
 
 def test_one_ranking_at_a_time_per_run(tiny_run, tmp_path):
     """A second `dnas analyze ranking RUN` would append the same records again; a ranking must not run on a

@@ -130,6 +130,7 @@ def test_train_force_refused_for_a_bad_setting_keeps_the_old_run(tmp_path, capsy
 def test_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
+    (out / "result.json").unlink()  # unfinished: --resume reads the checkpoint
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli(["search", "--out", str(out), *TINY, "--resume"], capsys)
     assert code == 2 and "corrupt checkpoint" in err and len(err.strip().splitlines()) == 1
@@ -139,6 +140,7 @@ def test_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path, capsys):
     import torch
     out = tmp_path / "run"
     assert run_cli(["search", "--out", str(out), *TINY], capsys)[0] == 0
+    (out / "result.json").unlink()  # unfinished: --resume reads the checkpoint
     ckpt = out / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False)
     # an older layout (renamed parameters), then a checkpoint with no search state (a training run's)
@@ -353,10 +355,10 @@ def test_run_files_that_are_json_but_not_objects(tmp_path, capsys):
     ops = ["analyze", "ops", str(out), "--table", str(tmp_path / "none.csv"), "--no-plot"]
     plots = ["analyze", "plots", str(out)]
     originals = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    cases = [("config.json", "[]", train, "config.json: not a dnas run file"),
-             ("result.json", "[]", train, "result.json: not a dnas run file"),
+    cases = [("config.json", "[]", train, "config.json: not a dnas run configuration"),
+             ("result.json", "[]", train, "result.json: not a dnas result"),
              ("result.json", '{"space": "nb201", "selections": ["magnitude"]}', [*train, "--selection", "magnitude"],
-              "selections are not a JSON object"),
+              "selections must be a JSON object"),
              ("config.json", "[]", ops, "config.json: not a dnas run configuration"),
              ("config.json", "{}", ops, "config.json: not a dnas run configuration"),
              ("config.json", "null", plots, "config.json: not a dnas run configuration"),
@@ -485,3 +487,87 @@ def test_every_json_writer_writes_standard_json(tmp_path):
     (tmp_path / "old.json").write_text('{"s": [NaN, Infinity]}')
     assert [math.isnan(read_json(tmp_path / "old.json")["s"][0]), read_json(tmp_path / "old.json")["s"][1]] == [
         True, math.inf]
+
+
+def _files(run):
+    """Every file of a run but the lock files (empty, made by whoever takes a lock), with its bytes."""
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_resume_of_finished_work_changes_nothing(tmp_path, capsys):
+    """search / select / train --resume on work that has finished: one stderr line saying so, the usual JSON
+    line, exit 0, and not a byte changes (the search used to redo its magnitude selection: new cost and time)."""
+    run, trained = tmp_path / "run", tmp_path / "t"
+    assert run_cli(["search", "--out", str(run), *TINY, "--select", "ostr"], capsys)[0] == 0
+    train = [*(a.replace("{tmp}/a", str(trained)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4",
+             "--layers", "1", "--subset", "100", "--test-subset", "50", "--quiet"]
+    assert run_cli(train, capsys)[0] == 0
+    before = {**_files(run), **_files(trained)}
+    for args, what in ((["search", "--out", str(run), *TINY, "--resume"], "the search"),
+                       (["search", "--out", str(run), *TINY, "--select", "ostr", "--resume"], "the search"),
+                       (["select", str(run), "--method", "magnitude", "--resume"], "selection magnitude"),
+                       (["select", str(run), "--method", "ostr", "--resume", "--quiet"], "selection ostr"),
+                       ([*train, "--resume"], "the training")):
+        code, out, err = run_cli(args, capsys)
+        assert code == 0, err
+        assert {**_files(run), **_files(trained)} == before, args
+        assert err.strip() == f"dnas: {run if args[0] != 'train' else trained}: {what}" + \
+            (" (with these options)" if args[0] == "select" else "") + " has already finished; nothing to resume"
+        assert json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def finished_runs(tmp_path_factory):
+    """A finished search and a finished training, copied by each test that edits them."""
+    base = tmp_path_factory.mktemp("runs")
+    assert main(["search", "--out", str(base / "search"), *TINY]) == 0
+    assert main([*(a.replace("{tmp}/a", str(base / "train")) for a in TRAIN_NB201), "--epochs", "1", "--channels",
+                 "4", "--layers", "1", "--subset", "100", "--test-subset", "50", "--quiet"]) == 0
+    return base
+
+
+@pytest.mark.parametrize("name, key, value, command, needle", [
+    # `select` wrote selections/magnitude.json, then failed on the list with a traceback
+    ("search/result.json", "selections", ["magnitude"], ["select", "{run}", "--method", "magnitude"],
+     "result.json: selections must be a JSON object, got [\"magnitude\"]"),
+    ("search/result.json", "selections", {"magnitude": {"genotype": 5}}, ["select", "{run}", "--method", "magnitude"],
+     "result.json: selections.magnitude.genotype must be a string or a JSON object, got 5"),
+    ("search/result.json", "finished", ["yes"], ["analyze", "ranking", "{run}", "--table", "{run}/none.csv"],
+     "result.json: finished must be a string or true/false"),
+    ("search/config.json", "epochs", "ten", ["search", "--out", "{run}", *TINY, "--resume"],
+     "config.json: epochs must be an integer, got \"ten\""),
+    ("search/config.json", "w_lr", None, ["select", "{run}", "--method", "magnitude"],
+     "config.json: w_lr must be a number, got null"),
+    ("search/config.json", "options", [1], ["select", "{run}", "--method", "magnitude", "--resume"],
+     "config.json: options must be a JSON object"),
+    ("search/config.json", "arch_betas", 5, ["analyze", "ranking", "{run}", "--table", "{run}/none.csv"],
+     "config.json: arch_betas must be a list of 2 numbers, got 5"),
+    ("search/config.json", "dataset", 5, ["train", "--run", "{run}", "--out", "{run}/t", "--epochs", "1"],
+     "config.json: dataset must be a string, got 5"),
+    ("search/config.json", "dataset", 5, ["analyze", "ops", "{run}", "--table", "{run}/none.csv", "--no-plot"],
+     "config.json: dataset must be a string, got 5"),
+    ("search/config.json", "epochs", 0, ["select", "{run}", "--method", "magnitude"],
+     "config.json: --epochs must be >= 1, got 0"),
+    ("train/config.json", "lr", None, [*TRAIN_NB201, "--epochs", "1", "--resume"], "config.json: lr must be a number"),
+    ("search/metrics.jsonl", "epoch", "x", ["analyze", "plots", "{run}"], "metrics.jsonl:1: epoch must be an integer"),
+    ("search/selections/magnitude.json", "decisions", [1], ["analyze", "ops", "{run}", "--table", "{run}/none.csv"],
+     "magnitude.json: decisions[0] must be a JSON object, got 1"),
+    ("search/selections/magnitude.json", "genotype", 5, ["select", "{run}", "--method", "magnitude", "--resume"],
+     "magnitude.json: genotype must be a string, got 5"),
+])
+def test_hand_edited_run_files_of_the_wrong_type(tmp_path, capsys, finished_runs, name, key, value, command, needle):
+    """A wrong JSON type in any run file: one line naming the file and the field, exit 2, nothing written."""
+    import shutil
+    shutil.copytree(finished_runs, tmp_path, dirs_exist_ok=True)
+    path = tmp_path / name
+    if path.suffix == ".jsonl":
+        lines = path.read_text().splitlines()
+        path.write_text("\n".join([json.dumps({**json.loads(lines[0]), key: value}), *lines[1:]]) + "\n")
+    else:
+        path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    run = tmp_path / name.split("/")[0]
+    before = _files(tmp_path)
+    args = [a.replace("{run}", str(run)).replace("{tmp}/a", str(run)) for a in command]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert _files(tmp_path) == before

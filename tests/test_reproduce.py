@@ -254,6 +254,20 @@ def test_an_output_directory_keeps_one_protocol(tmp_path, table):
         reproduce(proto, out, report_only=True)
 
 
+def test_a_second_reproduce_writes_nothing_before_it_has_the_lock(tmp_path):
+    """Two reproduce runs into one new directory at once: the one that does not get the lock must not write its
+    protocol.json (it used to, before failing on the lock, replacing the other one's)."""
+    from dnas.reproduce.execute import _exclusive
+    out = tmp_path / "o"
+    with _exclusive(out):  # the other reproduce, between taking its lock and writing its protocol.json
+        with pytest.raises(DnasError, match="in use by another reproduce run"):
+            reproduce("smoke", out, seeds=[0], workers=1, quiet=True)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+    (out / "protocol.json").write_text("[]")  # a hand-edited protocol.json of the wrong type: one line
+    with pytest.raises(DnasError, match="protocol.json: not a dnas reproduction protocol"):
+        reproduce("smoke", out, report_only=True)
+
+
 @pytest.mark.parametrize("args, needle", [
     (["reproduce", "nope", "--out", "{tmp}/o"], "unknown protocol"),
     (["reproduce", "smoke", "--out", "{tmp}/o", "--seeds", "a,b"], "--seeds"),

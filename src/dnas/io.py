@@ -128,9 +128,10 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         raise
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
+def read_jsonl(path: str | Path, check: Callable[[dict, str], Any] | None = None) -> Iterator[dict]:
     """The records of a JSON-lines log. A torn last line (see ``append_jsonl``) is dropped, as its step is
-    redone on resume; any other line that is not a JSON object is a DnasError naming the file and line."""
+    redone on resume; any other line that is not a JSON object is a DnasError naming the file and line.
+    ``check(record, "PATH:LINE")``: the caller's check of each record (it raises DnasError)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -146,4 +147,6 @@ def read_jsonl(path: str | Path) -> Iterator[dict]:
             raise DnasError(f"{path}:{i}: not a JSON line") from None
         if not isinstance(record, dict):
             raise DnasError(f"{path}:{i}: not a JSON object")
+        if check is not None:
+            check(record, f"{path}:{i}")
         yield record

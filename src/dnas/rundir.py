@@ -6,19 +6,20 @@ atomically and resumes exactly: checkpoints carry model, optimizers, RNG states 
 from __future__ import annotations
 
 import errno
-import json
 import random
 import shutil
+import types
+import typing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 
 from .errors import DnasError
-from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, to_json,
-                 torch_load)
+from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, read_jsonl,
+                 to_json, torch_load)
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 RESULT_LOCK = ".result.json.lock"  # held (briefly) around every read-modify-write of result.json
@@ -63,12 +64,13 @@ _NO_FLOCK = {errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.
 
 
 def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict[str, Any] | None = None,
-                    check_only: bool = False) -> Path:
+                    check_only: bool = False, settings: type | None = None) -> Path:
     """Create a fresh run directory, or check the one to resume.
 
     An existing non-empty directory is never touched without ``resume`` (continue it) or ``force``
     (start over, only for a dnas run). With ``resume`` the saved config must match the requested one on
-    every key that shapes the run. ``check_only``: all the checks, nothing written or deleted (call it
+    every key that shapes the run, and its values must have the types of ``settings`` (the config
+    dataclass, see ``check_settings``). ``check_only``: all the checks, nothing written or deleted (call it
     before slow setup that can fail, then again for real, so a failed start never costs the old run).
     """
     run = Path(path)
@@ -82,13 +84,13 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
         if not (run / CONFIG).exists():
             raise DnasError(f"{run}: nothing to resume (no {CONFIG})")
         if config is not None:
-            saved = read_json(run / CONFIG)
-            if not isinstance(saved, dict):
-                raise DnasError(f"{run / CONFIG}: not a dnas run configuration")
+            saved = read_config(run)
             shared = [k for k in config if k in saved]
             if len(shared) < len(config) / 2:  # e.g. `train --resume` on a search run
                 raise DnasError(f"{run}: --resume on a different kind of run (its {CONFIG} lacks most of "
                                 f"this command's settings)")
+            if settings is not None:  # a hand-edited wrong type says so, not "different settings"
+                check_settings(saved, settings, run / CONFIG)
             diff = sorted(k for k in shared if saved[k] != config[k] and k not in _RESUME_FREE)
             if diff:
                 raise DnasError(f"{run}: --resume with different settings than the saved run: {', '.join(diff)}")
@@ -165,39 +167,156 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
     path = Path(run) / name
     if not path.exists():
         return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    records = []
-    for i, line in enumerate(lines):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:  # a line torn by the interruption: its epoch is redone anyway
-                break
-            raise DnasError(f"{path}:{i + 1}: not a JSON line") from None
-    kept = [r for r in records if isinstance(r, dict) and r.get(key, -1) < keep_until]
+    kept = [r for r in read_metrics(path) if r.get(key, -1) < keep_until]  # a torn last line is dropped too
     atomic_write_text(path, "".join(to_json(r) + "\n" for r in kept))
 
 
-def read_result(run: str | Path) -> dict[str, Any]:
-    path = Path(run) / RESULT
-    result = read_json(path) if path.exists() else {}
-    if not isinstance(result, dict):
-        raise DnasError(f"{path}: not a dnas result (a JSON object)")
-    return result
+# -- reading run files ----------------------------------------------------------------------------------
+# Every reader of a run directory's files (config.json, result.json, selections/*.json, metrics.jsonl and the
+# selectors' tune logs) goes through these checks, so a hand-edited file with a wrong JSON type is one
+# DnasError naming the file and the field, raised before the command has written anything.
+
+def _problem(value: Any, hint: Any, name: str) -> str | None:
+    """What is wrong with the JSON value ``name`` for the type ``hint`` (a dataclass field annotation or a
+    schema entry), down to the element of a list or object; None when it fits."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        ok = any(_problem(value, a, name) is None for a in args)
+    elif origin is tuple:  # saved as a JSON list
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return _first(_problem(v, a, f"{name}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        ok = False
+    elif hint is list or origin is list:
+        if isinstance(value, list):
+            return _first(_problem(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)) if args else None
+        ok = False
+    elif hint is dict or origin is dict:
+        if isinstance(value, dict):
+            return _first(_problem(v, args[1], f"{name}.{k}") for k, v in value.items()) if args else None
+        ok = False
+    elif hint is float:  # JSON writes a float set as a whole number without its ".0"
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = not isinstance(hint, type) or isinstance(value, hint)
+    return None if ok else f"{name} must be {_describe(hint)}, got {_show(value)}"
 
 
-def read_config(run: str | Path) -> dict[str, Any]:
-    """RUN/config.json, which must be a JSON object naming the run's space."""
+def _first(problems: Iterator[str | None]) -> str | None:
+    return next((p for p in problems if p), None)
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if origin is tuple:
+        return f"a list of {len(args)} {'numbers' if all(a is float for a in args) else 'values'}"
+    if hint is list or origin is list:
+        return "a list"
+    if hint is dict or origin is dict:
+        return "a JSON object"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}
+    return names.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def check_fields(obj: Any, fields: Mapping[str, Any], where: Any, *, what: str = "a JSON object",
+                 required: tuple[str, ...] = (), prefix: str = "") -> dict[str, Any]:
+    """``obj`` must be a dict whose keys named in ``fields`` hold values of those types (other keys are
+    free) and that has the ``required`` keys; otherwise one DnasError: ``where: KEY must be ..., got ...``."""
+    if not isinstance(obj, dict):
+        raise DnasError(f"{where}: {f'{prefix[:-1]} must be ' if prefix else 'not '}{what}, got {_show(obj)}")
+    for key, hint in fields.items():
+        problem = _problem(obj[key], hint, f"{prefix}{key}") if key in obj else None
+        if problem:
+            raise DnasError(f"{where}: {problem}")
+    missing = [k for k in required if k not in obj]
+    if missing:
+        raise DnasError(f"{where}: {prefix}{missing[0]} is missing")
+    return obj
+
+
+def _show(value: Any) -> str:
+    text = to_json(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def check_settings(config: Any, settings: type, where: Any) -> dict[str, Any]:
+    """A saved config (``settings``: its dataclass, e.g. SearchConfig, TrainConfig): every field it holds has
+    its annotated type (unknown keys are left to the dataclass's own reader)."""
+    return check_fields(config, typing.get_type_hints(settings), where, what="a dnas run configuration")
+
+
+def read_config(run: str | Path, settings: type | None = None) -> dict[str, Any]:
+    """RUN/config.json, which must be a JSON object naming the run's space; with ``settings`` (the config
+    dataclass of the run's kind) its fields must have their types (``check_settings``)."""
     path = Path(run) / CONFIG
     config = read_json(path)
     if not isinstance(config, dict) or not isinstance(config.get("space"), str):
         raise DnasError(f"{path}: not a dnas run configuration (a JSON object naming its space)")
+    if settings is not None:
+        check_settings(config, settings, path)
     return config
+
+
+GENOTYPE = str | dict  # NB201: the arch string; DARTS spaces: the Genotype(...) text or its JSON object
+# A selection as selections/<method>.json holds it (result.json's ``selections`` hold the same, less scores
+# and decisions).
+SELECTION_FIELDS: dict[str, Any] = {
+    "method": str, "space": str, "genotype": str, "genotype_json": GENOTYPE, "scores": dict,
+    "decisions": list[dict], "cost": dict[str, float | None], "options": dict, "warnings": list[dict],
+    "requested_options": dict, "ground_truth": dict}
+# result.json of a search (space ... selections) or of a training (space ... benchmark).
+RESULT_FIELDS: dict[str, Any] = {
+    "space": str, "mode": str, "dataset": str, "seed": int, "genotype": GENOTYPE, "final": dict,
+    "finished": str | bool, "selections": dict[str, dict], "genotype_str": str, "epochs": int,
+    "test_acc": float, "test_loss": float, "train_acc": float | None, "train_loss": float | None,
+    "params_M": float, "flops_M": float, "seconds": float, "source": str | None, "benchmark": dict | None}
+# One line of metrics.jsonl (search, training) or of a selector's tune log; the numbers may be null (no α step).
+METRIC_FIELDS: dict[str, Any] = {
+    "epoch": int, "alpha": dict[str, list[list[float]]], "genotype": str,
+    **{k: float | None for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "test_loss", "test_acc",
+                                  "arch_loss", "arch_steps", "arch_steps_epoch", "lr", "drop_path", "seconds",
+                                  "decisions")}}
+
+
+def check_result(result: Any, where: Any) -> dict[str, Any]:
+    check_fields(result, RESULT_FIELDS, where, what="a dnas result (a JSON object)")
+    summary = {**SELECTION_FIELDS, "genotype": GENOTYPE}  # `train --run RUN --selection M` reads either form
+    for method, entry in result.get("selections", {}).items():
+        check_fields(entry, summary, where, prefix=f"selections.{method}.")
+    return result
+
+
+def read_result(run: str | Path) -> dict[str, Any]:
+    """RUN/result.json ({} while there is none), checked (``RESULT_FIELDS``)."""
+    path = Path(run) / RESULT
+    return check_result(read_json(path) if path.exists() else {}, path)
+
+
+def read_selection(path: str | Path) -> dict[str, Any]:
+    """A selection file (RUN/selections/<method>.json), checked (``SELECTION_FIELDS``)."""
+    return check_fields(read_json(path), SELECTION_FIELDS, path, what="a dnas selection (a JSON object)",
+                        required=("genotype",))
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl or a tune log (torn last line dropped), each checked (``METRIC_FIELDS``)."""
+    return list(read_jsonl(path, check=lambda record, where: check_fields(record, METRIC_FIELDS, where,
+                                                                          required=("epoch",))))
+
+
+def run_finished(run: str | Path) -> bool:
+    """Whether the run's search (or training) has finished: it writes result.json's ``finished`` last."""
+    return bool(read_result(run).get("finished"))
 
 
 def require_finished(run: str | Path) -> None:
     """Results computed from a search (selections, rankings) must describe its final supernet."""
-    if not read_result(run).get("finished"):
+    if not run_finished(run):
         raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
 
 
@@ -222,15 +341,18 @@ def update_result(run: str | Path, **fields: Any) -> dict[str, Any]:
     """Merge fields into result.json (``selections`` is merged per method).
 
     Several commands update one result.json (``dnas select`` with different methods at once, a search's
-    final write): the read, merge and write happen under a lock, so no update is lost."""
+    final write): the read, merge and write happen under a lock, so no update is lost. An update that
+    changes nothing (a resumed command recording what is already there) does not rewrite the file."""
     with file_lock(Path(run) / RESULT_LOCK):
         result = read_result(run)
+        before = to_json(result)
         for k, v in fields.items():
             if k == "selections" and isinstance(v, dict):
                 result.setdefault("selections", {}).update(v)
             else:
                 result[k] = v
-        atomic_write_json(Path(run) / RESULT, result)
+        if to_json(result) != before or not (Path(run) / RESULT).exists():
+            atomic_write_json(Path(run) / RESULT, result)
     return result
 
 

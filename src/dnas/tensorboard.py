@@ -65,11 +65,11 @@ def tb_log(run_dir: str | Path, metrics: Mapping[str, Any], epoch: int, prefix: 
 
 def _run_op_names(run_dir: Path) -> dict[str, Any] | None:
     """Op names per cell type from the run's config.json (None when there is none)."""
-    from .io import read_json
+    from .rundir import read_config
     from .spaces import get_space
     if not (run_dir / "config.json").exists():
         return None
-    space = get_space(read_json(run_dir / "config.json")["space"])
+    space = get_space(read_config(run_dir)["space"])
     return {ct: spec.ops for ct, spec in space.cells.items()}
 
 
@@ -82,7 +82,7 @@ def close_all() -> None:
 
 def export_run(run_dir: str | Path) -> Path | None:
     """Write RUN/tensorboard/export/ from metrics.jsonl and selections/*.tune.jsonl; None without tensorboard."""
-    from .io import read_jsonl
+    from .rundir import read_metrics
     run_dir = Path(run_dir)
     target = run_dir / TB_DIR / "export"
     if _tensorboard_missing():
@@ -93,12 +93,12 @@ def export_run(run_dir: str | Path) -> Path | None:
     metrics = run_dir / "metrics.jsonl"
     offset = 0
     if metrics.exists():
-        for r in read_jsonl(metrics):
+        for r in read_metrics(metrics):
             log_epoch(w, r, int(r.get("epoch", 0)), "search", op_names)
             offset = max(offset, int(r.get("epoch", 0)) + 1)
     for p in sorted((run_dir / "selections").glob("*.tune.jsonl")):
         method = p.name[: -len(".tune.jsonl")]
-        for r in read_jsonl(p):  # tuning continues after the search epochs
+        for r in read_metrics(p):  # tuning continues after the search epochs
             log_epoch(w, r, offset + int(r.get("epoch", 0)), f"select_{method}", op_names)
     w.close()
     return target

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import DnasError
-from ..io import atomic_write_json, read_json
-from ..rundir import read_config
+from ..io import atomic_write_json
+from ..rundir import read_config, read_selection
 from ..spaces import Space, get_space
 from . import metrics as M
 from .table import TruthTable, load_truth
@@ -65,8 +65,8 @@ def load_method_scores(run_dir: Path, space: Space) -> dict[str, dict[str, Any]]
     sel_dir = run_dir / "selections"
     out: dict[str, dict[str, Any]] = {}
     for path in sorted(sel_dir.glob("*.json")) if sel_dir.is_dir() else []:
-        d = read_json(path)
-        if not isinstance(d, dict) or "scores" not in d:
+        d = read_selection(path)
+        if "scores" not in d:
             continue
         method = d.get("method", path.stem)
         sign = SCORE_SIGN.get(method, 1.0)
@@ -147,8 +147,9 @@ def compare(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], space: 
 def analyze_ops(run_dir: str | Path, *, table_path: str | None = None, arch_column: str | None = None,
                 acc_column: str | None = None, plot: bool = True) -> dict[str, Any]:
     """Compare every selection's scores with the table's op strengths; writes analysis/ops.json (+ ops.png)."""
+    from ..search import SearchConfig
     run_dir = Path(run_dir)
-    cfg = read_config(run_dir)
+    cfg = read_config(run_dir, SearchConfig)
     space = get_space(cfg["space"])
     methods = load_method_scores(run_dir, space)
     if not methods:

@@ -10,7 +10,6 @@ Streaming: one supernet, one architecture at a time; every result is appended to
 """
 from __future__ import annotations
 
-import json
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -25,8 +24,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import DnasError
-from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, to_json
-from ..rundir import require_finished, run_lock
+from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, read_jsonl, to_json
+from ..rundir import check_fields, require_finished, run_lock
 from ..spaces import Genotype, Space
 from . import metrics as M
 from .table import TruthTable, load_truth, read_arch_list
@@ -155,21 +154,18 @@ def candidates(table: TruthTable, *, samples: int | None, seed: int,
 
 
 # -- persistence ---------------------------------------------------------------------------------
+RECORD_FIELDS = {"arch": str, "supernet_acc": float, "supernet_loss": float, "truth": float, "seconds": float}
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """Records already written; a torn last line (the process died mid-write) is dropped and rewritten."""
+    """Records already written, each checked (``RECORD_FIELDS``); a torn last line (the process died
+    mid-write) is dropped from the file too, so that the next record is appended after the last whole one."""
     if not path.exists():
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    out: list[dict[str, Any]] = []
-    for n, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n != len(lines) - 1:
-                raise DnasError(f"{path}:{n + 1}: corrupt record (delete the file or use --force)") from None
-            atomic_write_text(path, "".join(to_json(r) + "\n" for r in out))
+    out = list(read_jsonl(path, check=lambda record, where: check_fields(record, RECORD_FIELDS, where,
+                                                                         required=("arch",))))
+    if len(out) < sum(1 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()):
+        atomic_write_text(path, "".join(to_json(r) + "\n" for r in out))
     return out
 
 
@@ -243,9 +239,9 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
             raise DnasError(f"{out / RECORDS} was made with other settings; use --force to start the ranking over")
         if force and (out / RECORDS).exists():
             (out / RECORDS).unlink()
+        done = {r["arch"]: r for r in read_records(out / RECORDS)}  # checked before the settings are written
         atomic_write_json(out / SETTINGS, ident)
 
-        done = {r["arch"]: r for r in read_records(out / RECORDS)}
         recal, valid = _loaders(run, settings)
         model = run.model
         left = [(g, t) for g, t in todo if str(g) not in done]

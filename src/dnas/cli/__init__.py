@@ -54,6 +54,12 @@ def _say(line: str) -> None:
         sys.stderr.write(line + "\n")
 
 
+def say_finished(path: object, what: str) -> None:
+    """``--resume`` of work that has already finished changes nothing on disk; the command says so (stderr)
+    and then prints its usual JSON line (stdout), exit code 0."""
+    _say(f"dnas: {path}: {what} has already finished; nothing to resume")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2 (argparse's default also prints usage)
         _say(f"{self.prog}: error: {message}")

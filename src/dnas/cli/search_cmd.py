@@ -8,7 +8,7 @@ from ..io import to_json
 from ..search import MODES, SearchConfig, run_search
 from ..search.modes import make_config
 from ..spaces import SPACES
-from . import parse_options
+from . import parse_options, say_finished
 
 # The embedded default and other file-free datasets get a small supernet that trains in minutes on a CPU.
 SMALL = {"channels": 8, "cells": {"nb201": 1, "darts": 3}, "epochs": 20}
@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="mode option (e.g. schedfreq=10); repeatable")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (with --select: selectors that finished are not rerun)")
+                   help="continue an interrupted run (a finished one is left as it is; with --select: selectors "
+                        "that finished are not rerun)")
     p.add_argument("--force", action="store_true", help="delete an existing run directory first")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_run)
@@ -105,12 +106,16 @@ def _epoch_line(epochs: int):
 
 
 def _run(a: argparse.Namespace) -> int:
+    from ..rundir import run_finished
     from ..select.run import ground_truth_hook, parse_methods, run_selections
     cfg = config_from_args(a)
     methods = parse_methods(a.select)
     _check_table(cfg.space)
+    finished = a.resume and run_finished(cfg.out)
     result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook(),
                         on_epoch=None if a.quiet else _epoch_line(cfg.epochs))
+    if finished:
+        say_finished(cfg.out, "the search")
     if methods:
         result = run_selections(cfg.out, methods, resume=a.resume, quiet=a.quiet)
     print(to_json({"run": cfg.out, "space": result["space"], "genotype": result["genotype"],

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import DnasError
-from . import parse_options
+from . import parse_options, say_finished
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", help="search space when there is no RUN (zeros)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. proj_intv=5, criterion=loss, progressive=true; repeatable")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted progressive selection (pt, ostr)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted progressive selection (pt, ostr); one that finished with the same "
+                        "options is left as it is")
     p.add_argument("--force", action="store_true",
                    help="start over, discarding an interrupted selection; without RUN: overwrite --out")
     p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
@@ -29,14 +31,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(a: argparse.Namespace) -> int:
     from ..io import atomic_write_json, to_json
-    from ..select.run import get_method, run_selection, select_without_run
+    from ..select.run import finished_selection, get_method, run_selection, select_without_run
     get_method(a.method)
     options = parse_options(a.option)
     if a.run is not None:
         if a.space or a.out:
             raise DnasError("--space and --out are for selections without a run directory")
+        finished = a.resume and not a.force and finished_selection(a.run, a.method, options) is not None
         entry = run_selection(a.run, a.method, options=options, resume=a.resume, quiet=a.quiet, device=a.device,
                               force=a.force)
+        if finished:
+            say_finished(a.run, f"selection {a.method} (with these options)")
     else:
         if a.resume:
             raise DnasError("--resume needs a run directory")

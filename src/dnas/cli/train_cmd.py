@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="dataset folder (default $DNAS_DATA_DIR)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (a finished one is left as it is)")
     p.add_argument("--force", action="store_true", help="delete --out and start over")
     p.set_defaults(func=run)
 
@@ -48,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate.distributed import init_distributed, shutdown_distributed
     from ..evaluate.train import genotype_from_run, make_config, train_network
     from ..io import to_json
+    from ..rundir import run_finished
+    from . import say_finished
 
     if args.selection and not args.run:
         raise DnasError("--selection needs --run")
@@ -68,12 +70,15 @@ def run(args: argparse.Namespace) -> int:
              "nesterov")
     config = make_config(space, arch, dataset, seed=args.seed, data_dir=args.data_dir, device=args.device,
                          quiet=args.quiet, source=source, **{k: getattr(args, k) for k in names})
+    finished = args.resume and run_finished(args.out)
     ctx = init_distributed(args.device)
     try:
         result = train_network(config, args.out, resume=args.resume, force=args.force, ctx=ctx)
     finally:
         shutdown_distributed(ctx)
     if ctx.is_main:
+        if finished:
+            say_finished(args.out, "the training")
         print(to_json({k: result.get(k) for k in ("space", "genotype_str", "dataset", "epochs", "test_acc",
                                                      "params_M", "flops_M", "seconds")}))
     return 0

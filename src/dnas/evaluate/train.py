@@ -36,10 +36,9 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..io import read_json, read_jsonl
 from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
-                      read_result, rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state,
-                      truncate_metrics, update_result)
+                      read_config, read_metrics, read_result, rng_state, run_lock, save_checkpoint, seed_everything,
+                      set_rng_state, truncate_metrics, update_result)
 from ..spaces import get_space
 from ..supernet import check_bn_batches, check_resolution
 from ..tensorboard import tb_log
@@ -147,21 +146,19 @@ def check_config(cfg: TrainConfig) -> None:
 def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str, Any]:
     """Space, genotype text and dataset of a search run: ``RUN/result.json`` (``genotype``, or
     ``selections[METHOD]["genotype"]``) and ``RUN/config.json`` (``dataset``)."""
+    from ..search import SearchConfig
     run = Path(run)
-    if (run / CONFIG).exists() and not (run / RESULT).exists():  # a search writes result.json when it ends
-        raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
-    result = read_json(run / RESULT)
-    config = read_json(run / CONFIG) if (run / CONFIG).exists() else {}
-    for name, obj in ((RESULT, result), (CONFIG, config)):
-        if not isinstance(obj, dict):
-            raise DnasError(f"{run / name}: not a dnas run file (a JSON object)")
+    if not (run / RESULT).exists():
+        if (run / CONFIG).exists():  # a search writes result.json when it ends
+            raise DnasError(f"{run}: its search has not finished; complete it with `dnas search ... --resume` first")
+        raise DnasError(f"{run / RESULT}: file not found")
+    result = read_result(run)
+    config = read_config(run, SearchConfig) if (run / CONFIG).exists() else {}
     space_name = result.get("space") or config.get("space")
     if not space_name:
         raise DnasError(f"{run}: result.json names no space")
     space = get_space(space_name)
     selections = result.get("selections") or {}
-    if not isinstance(selections, dict):
-        raise DnasError(f"{run / RESULT}: its selections are not a JSON object")
     if selection is not None:
         if selection not in selections:
             known = ", ".join(sorted(selections)) or "none"
@@ -175,7 +172,10 @@ def genotype_from_run(run: str | Path, selection: str | None = None) -> dict[str
             raise DnasError(f"{run}: result.json has no genotype; pick one with --selection (available: {known})")
     if obj is None:
         raise DnasError(f"{run}: selection {selection!r} has no genotype")
-    genotype = space.from_json(obj)
+    try:
+        genotype = space.from_json(obj)
+    except DnasError as e:
+        raise DnasError(f"{run / RESULT}: {e}") from None
     return {"space": space.name, "genotype": str(genotype), "dataset": config.get("dataset"),
             "data_dir": config.get("data_dir"), "source": f"{run}" + (f":{selection}" if selection else "")}
 
@@ -298,10 +298,11 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
     """Train ``config.genotype`` from scratch into the run directory ``out_dir``; return result.json's content.
 
     Writes config.json, metrics.jsonl (one line per epoch), checkpoint.pt (every epoch) and result.json
-    (final test accuracy, params_M, flops_M, genotype). ``resume`` continues a stopped run exactly; ``force``
-    starts over. ``callback(record)`` is called on every rank after each epoch's checkpoint. Under
-    ``torchrun`` (``WORLD_SIZE`` > 1) the model runs in DistributedDataParallel and only rank 0 writes.
-    Training that diverges (NaN/inf loss or weights) raises DnasError before that epoch is saved.
+    (final test accuracy, params_M, flops_M, genotype). ``resume`` continues a stopped run exactly (a finished
+    one: nothing changes, its result.json is returned); ``force`` starts over. ``callback(record)`` is called
+    on every rank after each epoch's checkpoint. Under ``torchrun`` (``WORLD_SIZE`` > 1) the model runs in
+    DistributedDataParallel and only rank 0 writes. Training that diverges (NaN/inf loss or weights) raises
+    DnasError before that epoch is saved.
     """
     check_config(config)
     ctx = ctx or init_distributed(config.device)
@@ -310,7 +311,8 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
         raise DnasError(f"--batch-size {config.batch_size} is not divisible by the {ctx.world_size} processes")
     run = Path(out_dir)
     cfg_dict = asdict(config)
-    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict, check_only=True))
+    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict, check_only=True,
+                                          settings=TrainConfig))
     if resume:
         done = _on_main(ctx, lambda: read_result(run))
         if done.get("finished") and done.get("epochs") == config.epochs:
@@ -351,7 +353,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
                   "flops_M": round(count_flops(model, (1, train_set.channels, train_set.resolution,
                                                        train_set.resolution)) / 1e6, 6)}
     cfg_dict = asdict(config)
-    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict))
+    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict, settings=TrainConfig))
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
     # Drop-path masks and other training noise: a stream of their own per rank.
     torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank))
@@ -381,7 +383,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
         if ctx.is_main:
             truncate_metrics(run, start)
             # the last finished epoch's line: the result of a run stopped after its last checkpoint reports it
-            rows = list(read_jsonl(run / METRICS)) if (run / METRICS).exists() else []
+            rows = read_metrics(run / METRICS) if (run / METRICS).exists() else []
             record = rows[-1] if rows and rows[-1].get("epoch") == start - 1 else {}
     elif resume and ctx.is_main:  # stopped before the first checkpoint: its metric lines are redone
         truncate_metrics(run, 0)

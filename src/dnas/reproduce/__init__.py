@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..errors import DnasError
 from ..io import atomic_write_json, read_json
-from .execute import LocalPool, Outcome, RayPool, gpu_slots, run_jobs
+from .execute import LocalPool, Outcome, RayPool, _exclusive, gpu_slots, run_jobs
 from .jobs import Job, plan
 from .protocols import PAPER, PROTOCOLS, PaperNumber, Protocol, get_protocol
 from .report import write_report
@@ -50,6 +50,8 @@ def _check_out_dir(out: Path, protocol: Protocol, report_only: bool) -> None:
     path = out / PROTOCOL_FILE
     if path.exists():
         saved = read_json(path)
+        if not isinstance(saved, dict):
+            raise DnasError(f"{path}: not a dnas reproduction protocol (a JSON object)")
         mine = protocol.settings()
         diff = sorted(k for k in set(saved) | set(mine) if k not in ("seeds", "summary") and saved.get(k) != mine.get(k))
         if diff:
@@ -125,16 +127,19 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
                     workers = max(1, min(workers, (os.cpu_count() or 1) // threads))
             pool = LocalPool(threads or max(1, (os.cpu_count() or 1) // workers),
                              gpus=gpu_slots(device or proto.device))
-    if not (out / PROTOCOL_FILE).exists():
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / PROTOCOL_FILE, proto.to_json())
     jobs = plan(proto, seeds, data_dir=data_dir, device=device, table=table)
-    outcome, pool_desc = None, ""
-    if pool is not None:
+    if pool is None:  # report only: it reads what the jobs wrote, while they run too
+        return Reproduction(write_report(out, proto, seeds, jobs, table), None, jobs)
+    # One reproduce per output directory, from before protocol.json is written: a second one started at the same
+    # time must not replace the first one's protocol.json (then fail on the lock) or run its jobs twice.
+    with _exclusive(out):
+        _check_out_dir(out, proto, report_only)  # again under the lock: the other one may have written it
+        if not (out / PROTOCOL_FILE).exists():
+            atomic_write_json(out / PROTOCOL_FILE, proto.to_json())
         pool_desc = f"{workers} worker(s): {pool.describe()}"
         if not quiet:
             say(f"{proto.id}: {len(jobs)} jobs, seeds {seeds}, {pool_desc}, output {out}")
-        outcome = run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
-    rep = write_report(out, proto, seeds, jobs, table)
+        outcome = run_jobs(jobs, out, pool, workers, quiet=quiet, say=say, locked=True)
+        rep = write_report(out, proto, seeds, jobs, table)
     return Reproduction(rep, outcome, jobs, pool_desc)
 

@@ -178,9 +178,12 @@ class Outcome:
 
 
 def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool = False,
-             say: Callable[[str], None] = lambda msg: None) -> Outcome:
-    """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock."""
+             say: Callable[[str], None] = lambda msg: None, locked: bool = False) -> Outcome:
+    """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock. ``locked``:
+    the caller holds the output directory's lock (``_exclusive``; a second one would be refused)."""
     out = Path(out)
+    if locked:
+        return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
     with _exclusive(out):
         return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
 

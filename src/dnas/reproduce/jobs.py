@@ -91,14 +91,19 @@ def is_finished(out: Path, job: Job) -> bool:
     if not selection_file(out, job).exists():
         return False
     if job.kind == "search":  # the magnitude file is written last, just before result.json gets "finished"
-        result = run_dir(out, job) / "result.json"
-        return result.exists() and "finished" in read_json(result)
+        from ..rundir import run_finished
+        return run_finished(run_dir(out, job))
     return True
 
 
 def read_status(out: Path, name: str) -> dict[str, Any]:
-    path = job_dir(out, name) / STATUS
+    return read_status_file(job_dir(out, name) / STATUS)
+
+
+def read_status_file(path: Path) -> dict[str, Any]:
+    """A job's status.json, {} when missing or broken: it is advisory and must not stop a job or a report."""
     try:
-        return read_json(path) if path.exists() else {}
-    except DnasError:  # a status file is advisory; a broken one must not stop a report
+        status = read_json(path) if path.exists() else {}
+    except DnasError:
         return {}
+    return status if isinstance(status, dict) else {}

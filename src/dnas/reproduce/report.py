@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DnasError
-from ..io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from ..io import atomic_write_json, atomic_write_text
+from ..rundir import read_metrics, read_selection
 from .jobs import RUN, Job, is_finished, job_dir, read_status, search_name, selection_file
 from .protocols import PAPER, PaperNumber, Protocol, label
 
@@ -52,7 +53,7 @@ def _search_record(out: Path, mode: str, seed: int) -> dict[str, Any]:
                            "seconds": status.get("seconds")}
     metrics = run / "metrics.jsonl"
     if metrics.exists():
-        rows = list(read_jsonl(metrics))
+        rows = read_metrics(metrics)
         rec["epochs_done"] = len(rows)
         rec["train_seconds"] = sum(r.get("seconds", 0.0) for r in rows)
         if rows:
@@ -67,7 +68,7 @@ def _selection_record(out: Path, job: Job, search: dict[str, Any], table: str | 
     path = selection_file(out, job)
     if not is_finished(out, job):
         return None
-    sel = read_json(path)
+    sel = read_selection(path)
     gt = ground_truth(sel["genotype"], sel.get("ground_truth"), table) or {}
     status = read_status(out, job.name) if job.kind != "search" else {}
     rec = {"seed": job.seed, "genotype": sel["genotype"],

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import DnasError, is_out_of_memory, memory_message
 from ..io import atomic_write_json, read_json
-from .jobs import JOB, MARK, RUN, SELECTION, STATUS
+from .jobs import JOB, MARK, RUN, SELECTION, STATUS, read_status_file
 
 
 def describe_device(device: Any, threads: int) -> str:
@@ -50,7 +50,8 @@ def run_job(job_dir: Path, spec: dict[str, Any]) -> Any:
         run = job_dir.parent / spec["search"] / RUN
         run_selection(run, spec["method"], options=spec.get("options") or {}, resume=True, quiet=True,
                       device=spec.get("device"))
-        return resolve_device(spec.get("device") or read_json(run / "config.json")["device"])
+        from ..rundir import read_config
+        return resolve_device(spec.get("device") or read_config(run)["device"])
     if kind == "zeros":
         entry = select_without_run(spec["method"], options=spec.get("options") or {}, quiet=True)
         atomic_write_json(job_dir / SELECTION, entry)
@@ -74,12 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     status_path = job_dir / STATUS
     try:
         spec = read_json(job_dir / JOB)
+        if not isinstance(spec, dict) or not isinstance(spec.get("kind"), str):
+            raise DnasError(f"{job_dir / JOB}: not a dnas job (a JSON object with its kind)")
     except DnasError as e:
         print(f"dnas: error: {e}", file=sys.stderr)
         return 2
     if spec.get("table"):
         os.environ["DNAS_NB201_TABLE"] = spec["table"]
-    before = read_json(status_path) if status_path.exists() else {}
+    before = read_status_file(status_path)
     status = {"name": job_dir.name, "kind": spec["kind"], "state": "running", "attempts": before.get("attempts", 0) + 1,
               "seconds": before.get("seconds", 0.0), "host": socket.gethostname(), "pid": os.getpid(),
               "threads": a.threads, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}

@@ -12,10 +12,10 @@ import torch.nn as nn
 from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError, memory_limits
-from ..io import atomic_write_json, read_jsonl
-from ..rundir import (CHECKPOINT, load_checkpoint, log_metrics, prepare_run_dir, read_json, resolve_device,
-                      run_lock, save_checkpoint, seed_everything, selection_summary, set_rng_state, truncate_metrics,
-                      update_result)
+from ..io import atomic_write_json
+from ..rundir import (CHECKPOINT, CONFIG, load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics,
+                      read_result, resolve_device, run_finished, run_lock, save_checkpoint, seed_everything,
+                      selection_summary, set_rng_state, truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet, check_bn_batches
@@ -83,14 +83,25 @@ def supernet_sizes(config: SearchConfig, resolution: int, device: torch.device) 
             "resolution": resolution, "device": str(device)}
 
 
+def read_search_config(run_dir: str | Path, device: str | None = None) -> SearchConfig:
+    """RUN/config.json of a search as a checked SearchConfig (types and values; ``device`` overrides the saved
+    one); any problem is one DnasError naming the file."""
+    path = Path(run_dir) / CONFIG
+    cfg_dict = read_config(run_dir, SearchConfig)
+    if device is not None:
+        cfg_dict["device"] = device
+    try:
+        config = SearchConfig.from_json(cfg_dict)
+        config.check()
+    except DnasError as e:  # its messages name the CLI flags; here the value came from the file
+        raise DnasError(f"{path}: {e}") from None
+    return config
+
+
 def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = CHECKPOINT) -> SearchRun:
     """Rebuild a finished (or interrupted) search's supernet with its trained weights and α."""
     run_dir = Path(run_dir)
-    cfg_dict = read_json(run_dir / "config.json")
-    if device is not None:
-        cfg_dict["device"] = device
-    config = SearchConfig.from_json(cfg_dict)
-    run = build_run(config)
+    run = build_run(read_search_config(run_dir, device))
     state = load_checkpoint(run_dir, checkpoint)
 
     def load(searcher: dict[str, Any]) -> None:
@@ -134,19 +145,27 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     ``quiet`` hides the progress bar (stderr); ``on_epoch(record)`` gets each epoch's metrics.jsonl record
     once it is saved (the CLI prints a line from it; the library itself writes nothing to stdout).
     A search that diverges (NaN/inf loss, w or α) raises DnasError before that epoch is saved.
+    ``resume`` on a finished run changes nothing and returns its result.json.
     """
     if not config.out:
         raise DnasError("an output run directory is required (--out RUN)")
     config.check()
     get_space(config.space)
     check_mode_applied(config)
-    prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), check_only=True)
-    run = build_run(config)  # data and model first: a start that fails leaves the directory as it was
-    searcher = run.searcher(quiet=quiet)
+    prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), check_only=True,
+                    settings=SearchConfig)
+    # Data and model first: a start that fails leaves the directory as it was. A finished run needs neither.
+    run = None if resume and run_finished(config.out) else build_run(config)
+    searcher = None if run is None else run.searcher(quiet=quiet)
     # One search per run directory: a second (say `--resume` started twice) would append every epoch to
     # metrics.jsonl again and overwrite the first one's checkpoints. Checked again under the lock.
     with run_lock(config.out):
-        out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json())
+        out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), settings=SearchConfig)
+        if resume and run_finished(out):  # its final selection and time stay as they are
+            return read_result(out)
+        if run is None or searcher is None:  # finished at the first look, restarted (--force) since
+            run = build_run(config)
+            searcher = run.searcher(quiet=quiet)
         if resume and (out / CHECKPOINT).exists():
             state = load_checkpoint(out)
             load_searcher_state(searcher.load_state_dict, state, out / CHECKPOINT)
@@ -180,7 +199,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:
-    rows = list(read_jsonl(out / "metrics.jsonl"))
+    rows = read_metrics(out / "metrics.jsonl")
     if not rows:
         return {}
     return {k: v for k, v in rows[-1].items() if k not in ("alpha", "genotype")}

@@ -8,13 +8,14 @@ progressive methods that must resume after an interruption.
 from __future__ import annotations
 
 import importlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import DnasError, memory_limits
-from ..io import atomic_torch_save, atomic_write_json, read_json, torch_load
-from ..rundir import selection_summary, update_result
+from ..io import atomic_torch_save, atomic_write_json, torch_load
+from ..rundir import read_selection, selection_summary, update_result
 from ..spaces import Space
 from .base import Selection, removed_ops_named
 from .common import method_options
@@ -130,19 +131,25 @@ def ground_truth_hook() -> Callable[[Space, Selection], dict[str, Any]] | None:
 
 def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] | None = None, resume: bool = False,
                   quiet: bool = False, device: str | None = None, force: bool = False) -> dict[str, Any]:
-    """Run one selector on a search run; writes selections/<method>.json and updates result.json."""
+    """Run one selector on a search run; writes selections/<method>.json and updates result.json.
+
+    ``resume`` continues an interrupted selection; one that already finished with the same ``options`` is
+    returned as saved, with nothing rerun or rewritten."""
     from ..search import open_run
-    from ..rundir import require_finished, run_lock
+    from ..rundir import require_finished
     m = get_method(method)
     run_dir = Path(run_dir)
-    run = open_run(run_dir, device=device)
-    require_finished(run_dir)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
+    if resume:
+        done = _resumed(run_dir, method, options, device)
+        if done is not None:
+            return done
+    run = open_run(run_dir, device=device)
+    require_finished(run_dir)
     # Other methods may select from the same run at once (the run is shared: no search --resume/--force meanwhile);
     # one method only once at a time (it writes selections/<method>.ckpt.pt, .tune.jsonl and .json).
-    with run_lock(run_dir, shared=True), \
-            run_lock(run_dir, name=f"selections/.{method}.lock", what=f"{run_dir} (selection {method})"):
+    with _locks(run_dir, method):
         require_finished(run_dir)  # again under the lock: a search --force may have started since
         ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
         from ..search.run import SEARCH_SIZES, supernet_sizes
@@ -162,6 +169,31 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
     return entry
 
 
+@contextmanager
+def _locks(run_dir: Path, method: str) -> Iterator[None]:
+    from ..rundir import run_lock
+    with run_lock(run_dir, shared=True), \
+            run_lock(run_dir, name=f"selections/.{method}.lock", what=f"{run_dir} (selection {method})"):
+        yield
+
+
+def _resumed(run_dir: Path, method: str, options: dict[str, Any] | None, device: str | None) -> dict[str, Any] | None:
+    """With --resume: the selection if it already finished with these options (put back in result.json if a kill
+    came between the two writes; nothing is written when it is there), else None."""
+    from ..rundir import require_finished
+    from ..search.run import read_search_config
+    read_search_config(run_dir, device)  # the run's files are checked as for a selection that runs
+    require_finished(run_dir)
+    if finished_selection(run_dir, method, options) is None:
+        return None
+    with _locks(run_dir, method):
+        require_finished(run_dir)
+        done = finished_selection(run_dir, method, options)
+        if done is not None:
+            _record(run_dir, method, done)
+    return done
+
+
 def _record(run_dir: Path, method: str, entry: dict[str, Any]) -> None:
     update_result(run_dir, selections={method: selection_summary(entry)})
 
@@ -175,9 +207,9 @@ def finished_selection(run_dir: str | Path, method: str, options: dict[str, Any]
     path = sel_dir / f"{method}.json"
     if not path.exists() or (sel_dir / f"{method}.ckpt.pt").exists():
         return None
-    entry = read_json(path)
-    ok = isinstance(entry, dict) and entry.get("requested_options") == dict(options or {})
-    return entry if ok else None
+    entry = read_selection(path)
+    # the search's own magnitude selection records no requested options: it has none
+    return entry if entry.get("requested_options", {}) == dict(options or {}) else None
 
 
 def select_without_run(method: str, *, options: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -201,10 +233,5 @@ def run_selections(run_dir: str | Path, methods: list[str], *, resume: bool = Fa
     is not run again (a search + selectors run killed during its last selector redoes only that one)."""
     from ..rundir import read_result
     for method in methods:
-        opts = (options or {}).get(method)
-        done = finished_selection(run_dir, method, opts) if resume else None
-        if done is not None:
-            _record(Path(run_dir), method, done)  # it may have been killed before result.json was updated
-            continue
-        run_selection(run_dir, method, options=opts, resume=resume, quiet=quiet)
+        run_selection(run_dir, method, options=(options or {}).get(method), resume=resume, quiet=quiet)
     return read_result(run_dir)
