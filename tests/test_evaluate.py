@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,11 +15,11 @@ from dnas.cli import main
 from dnas.data import BatchLoader, load_dataset
 from dnas.data.loader import cut_holes
 from dnas.errors import DnasError
-from dnas.evaluate import DartsNetwork, genotype_from_run, make_config, preset, train_network
+from dnas.evaluate import DartsNetwork, build_network, genotype_from_run, make_config, preset, train_network
 from dnas.evaluate.darts_net import DartsEvalCell, auxiliary_fits
 from dnas.evaluate.train import lr_at
 from dnas.io import atomic_write_json, read_jsonl
-from dnas.spaces import DartsGenotype
+from dnas.spaces import DartsGenotype, get_space
 from dnas.spaces.ops import FactorizedReduce
 
 NB201_ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_1x1~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
@@ -81,6 +84,125 @@ def test_drop_path_only_in_training_and_never_on_identity():
     assert (out[:, 4:8] == 0).all()
     torch.manual_seed(1)
     assert not (cell(s, s, 0.0)[:, 4:8] == 0).all()
+
+
+# -- channels-last stand-alone networks ------------------------------------------------------------------------
+
+# DNAS_TEST_DEVICE=cuda runs the layout tests on a GPU, TF32 off (it rounds conv inputs far outside 1e-5).
+DEVICE = torch.device(os.environ.get("DNAS_TEST_DEVICE", "cpu"))
+if DEVICE.type == "cuda":
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+LAYOUT_CASES = [("nb201", NB201_ARCH, dict(channels=4, layers=1)),
+                ("darts", DARTS_G, dict(channels=4, layers=3, auxiliary=True))]
+
+
+def _layout_pair(space: str, arch: str, kw: dict, dtype: torch.dtype, in_channels: int = 3):
+    """The network in NCHW and a copy loaded from its state_dict that runs channels-last (the default)."""
+    sp = get_space(space)
+    torch.manual_seed(0)
+    nchw = build_network(sp, sp.parse(arch), in_channels=in_channels, **kw)
+    nchw.memory_format = torch.contiguous_format
+    cl = build_network(sp, sp.parse(arch), in_channels=in_channels, **kw)
+    assert cl.memory_format == torch.channels_last
+    cl.load_state_dict(nchw.state_dict())
+    for net in (nchw, cl):
+        if hasattr(net, "drop_path_prob"):
+            net.drop_path_prob = 0.3
+    return nchw.to(DEVICE, dtype), cl.to(DEVICE, dtype)
+
+
+def _train_step(net, x, y):
+    """Forward (drop-path masks seeded alike), main + auxiliary loss, backward; outputs and input gradient."""
+    net.train()
+    x = x.clone().requires_grad_()
+    torch.manual_seed(7)
+    out = net(x)
+    logits, aux = out if isinstance(out, tuple) else (out, None)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    if aux is not None:
+        loss = loss + 0.4 * torch.nn.functional.cross_entropy(aux, y)
+    loss.backward()
+    return [t for t in (logits, aux) if t is not None], x.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("space, arch, kw", LAYOUT_CASES, ids=["nb201", "darts"])
+def test_channels_last_network_equals_nchw(space, arch, kw, dtype):
+    """Channels-last activations compute the NCHW network's function: outputs (train with drop-path and the
+    auxiliary head, then eval), every parameter gradient, the input gradient and the BN running statistics
+    agree, to 1e-10 in float64 (the certificate) and 1e-4 in float32 (a changed summation order may flip a
+    ReLU input within rounding of 0), relative to each tensor's scale or, for gradients, at least the largest
+    one (a BN bias feeding a training-mode BN has a structurally-zero gradient, all rounding). Parameters stay
+    NCHW, as do their gradients."""
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+
+    def close(a, b, what, floor=1e-30):
+        scale = max(float(b.detach().abs().max()) if b.numel() else 0.0, floor)
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=tol, atol=tol * scale,
+                                   msg=lambda m: f"{what}: {m}")
+
+    nchw, cl = _layout_pair(space, arch, kw, dtype)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 3, 32, 32, generator=gen, dtype=dtype).to(DEVICE)
+    y = torch.randint(0, 10, (6,), generator=gen).to(DEVICE)
+    layouts = []
+    cells = cl.cells if space == "darts" else cl.layers
+    hooks = [m.register_forward_hook(lambda m, i, o: layouts.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for m in cells]
+    outs_cl, gx_cl = _train_step(cl, x, y)
+    for h in hooks:
+        h.remove()
+    assert layouts and all(layouts)  # the cells really ran channels-last
+    outs, gx = _train_step(nchw, x, y)
+    assert len(outs) == len(outs_cl) == (2 if space == "darts" else 1)
+    for a, b in zip(outs_cl, outs):
+        close(a, b, "train output")
+    close(gx_cl, gx, "input gradient")
+    largest = max(float(p.grad.abs().max()) for p in nchw.parameters())
+    for (name, p), q in zip(nchw.named_parameters(), cl.parameters()):
+        assert q.is_contiguous() and q.grad.is_contiguous(), name
+        close(q.grad, p.grad, f"grad {name}", largest)
+    for (name, b), c in zip(nchw.named_buffers(), cl.buffers()):
+        close(c.to(b.dtype), b, f"buffer {name}")
+    nchw.eval()
+    cl.eval()
+    with torch.no_grad():
+        close(cl(x), nchw(x), "eval output")
+    assert all(t.is_contiguous() for t in cl.state_dict().values())  # checkpoints keep their layout
+
+
+@pytest.mark.parametrize("space, arch, kw", LAYOUT_CASES, ids=["nb201", "darts"])
+def test_channels_last_network_on_one_channel_input(space, arch, kw):
+    """A 1-channel batch is NCHW and channels-last at once (conv would answer NCHW): the stem's output is
+    converted too, so the cells run channels-last; the function is the NCHW network's."""
+    nchw, cl = _layout_pair(space, arch, kw, torch.float64, in_channels=1)
+    layouts = []
+    first_cell = (cl.cells if space == "darts" else cl.layers)[0]
+    hook = first_cell.register_forward_hook(  # its first input is the stem's output
+        lambda m, i, o: layouts.append(i[0].is_contiguous(memory_format=torch.channels_last) and not i[0].is_contiguous()))
+    x = torch.randn(4, 1, 32, 32, dtype=torch.float64).to(DEVICE)
+    cl.eval()
+    nchw.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cl(x), nchw(x), rtol=1e-10, atol=1e-12)
+    hook.remove()
+    assert layouts == [True]
+
+
+def test_train_step_benchmark_quick_smoke(tmp_path):
+    """benchmarks/train_step.py --quick runs both layouts on both space families and prints its JSON rows."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "train_step.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    timed = [r for r in rows if "step_ms" in r]
+    assert {(r["impl"], r["space"]) for r in timed} == {(i, s) for i in ("nchw", "channels_last")
+                                                        for s in ("nb201", "darts")}
+    assert all(r["images_per_s"] > 0 and r["eval_ms"] > 0 for r in timed)
+    assert [r["auxiliary"] for r in timed if r["space"] == "darts"] == [True, True]
+    assert {r["summary"] for r in rows if "step_speedup" in r} == {"nb201", "darts"}
 
 
 def test_cutout_and_lr_schedule():

@@ -312,6 +312,20 @@ def test_fast_skips_zero_weight_ops(monkeypatch):
     assert calls == []  # convs and pools never ran
 
 
+@pytest.mark.parametrize("name", ["nb201", "darts"])
+def test_one_channel_input_runs_the_cells_channels_last(name):
+    """A 1-channel input (the digits set) is NCHW and channels-last at once, so the stem's conv answers NCHW;
+    the fast path converts the stem's output too, or its cells would quietly run NCHW."""
+    space = get_space(name)
+    fast = build_supernet(space, channels=4, cells=1 if name == "nb201" else 3, in_channels=1, impl="fast").to(DEVICE)
+    layouts = []
+    first = next(m for m in fast.modules() if type(m).__name__ in ("FastNb201Cell", "FastDartsCell"))
+    first.register_forward_pre_hook(lambda m, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last) and not args[0].is_contiguous()))
+    fast(torch.randn(2, 1, 8, 8, device=DEVICE))
+    assert layouts == [True]
+
+
 def test_state_dicts_are_interchangeable():
     _, ref, fast = _pair("darts")
     assert list(fast.state_dict()) == list(ref.state_dict())

@@ -5,6 +5,12 @@ auxiliary head after cell 2L//3, global average pooling and a linear classifier.
 two inputs (FactorizedReduce after a reduction cell, else ReLU-Conv1x1-BN), applies the genotype's 8 ops
 with affine BN (pools without BN) and concatenates the ``concat`` nodes. Drop-path zeroes whole samples of
 non-identity op outputs during training, with a probability set per epoch through ``drop_path_prob``.
+
+The network runs in channels-last memory format (``memory_format``): the input is converted once at the
+stem, and every op keeps the layout. On the CPU, oneDNN's channels-last conv, BN, depthwise and pool
+kernels make a training step ~1.5x faster (benchmarks/README.md, ``train_step.py``). Parameters stay NCHW,
+so ``state_dict``s and checkpoints are the same as before; the pools are the library's ``AvgPool2d`` /
+``MaxPool2d``, whose CUDA avg-pool backward for channels-last maps takes the NCHW kernel (torch 2.11 bug).
 """
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ import torch.nn as nn
 
 from ..errors import DnasError
 from ..spaces import DartsGenotype
-from ..spaces.ops import FactorizedReduce, Identity, ReLUConvBN, build_darts_op
+from ..spaces.ops import AvgPool2d, FactorizedReduce, Identity, ReLUConvBN, build_darts_op
 from ..supernet.darts import check_layers, reduction_layers
 
 STEM_MULTIPLIER = 3
@@ -74,7 +80,7 @@ class AuxiliaryHeadCIFAR(nn.Module):
         super().__init__()
         self.features = nn.Sequential(
             nn.ReLU(inplace=False),
-            nn.AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
+            AvgPool2d(5, stride=3, padding=0, count_include_pad=False),
             nn.Conv2d(c, 128, 1, bias=False), nn.BatchNorm2d(128), nn.ReLU(inplace=False),
             nn.Conv2d(128, 768, 2, bias=False), nn.BatchNorm2d(768), nn.ReLU(inplace=False),
         )
@@ -90,7 +96,11 @@ class DartsNetwork(nn.Module):
 
     ``op_affine=False`` gives the cell ops' BNs no scale/shift (preprocessing and stem BNs keep theirs): the
     network whose parameter count NAS-Bench-301's ``params_M`` reports (C=32, 8 cells).
+
+    ``memory_format`` is the activations' layout (channels-last; ``torch.contiguous_format`` runs NCHW).
     """
+
+    memory_format = torch.channels_last
 
     def __init__(self, genotype: DartsGenotype, channels: int = 36, layers: int = 20, num_classes: int = 10,
                  auxiliary: bool = False, in_channels: int = 3, op_affine: bool = True):
@@ -124,7 +134,10 @@ class DartsNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         aux = None
-        s0 = s1 = self.stem(x)
+        # The input is converted once. A 1-channel input is NCHW and channels-last at once, and conv then
+        # answers NCHW: the stem's output is converted too (free when it already is channels-last).
+        fmt = self.memory_format
+        s0 = s1 = self.stem(x.contiguous(memory_format=fmt)).contiguous(memory_format=fmt)
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_after and self.auxiliary_head is not None and self.training:

@@ -182,7 +182,7 @@ class FastDartsSupernet(DartsSupernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights = {ct: MixingWeights(self.arch.weights(ct)) for ct in ("normal", "reduce")}
-        s0 = s1 = self.stem(x.contiguous(memory_format=CHANNELS_LAST))
+        s0 = s1 = self.stem(x.contiguous(memory_format=CHANNELS_LAST)).contiguous(memory_format=CHANNELS_LAST)
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, weights["reduce" if cell.reduction else "normal"])
         return self.classifier(self.pool(s1).flatten(1))

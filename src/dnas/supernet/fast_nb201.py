@@ -88,7 +88,7 @@ class FastNb201Supernet(Nb201Supernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mw = MixingWeights(self.arch.weights("cell"))
-        x = self.stem(x.contiguous(memory_format=CHANNELS_LAST))
+        x = self.stem(x.contiguous(memory_format=CHANNELS_LAST)).contiguous(memory_format=CHANNELS_LAST)
         for layer, is_cell in zip(self.layers, self.is_cell):
             x = layer(x, mw) if is_cell else layer(x)
         return self.head(x)
