@@ -1,6 +1,7 @@
 """The DDP path on CPU: 2 Gloo processes (as torchrun would start them) against one process."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -18,10 +19,12 @@ from dnas.data import BatchLoader, load_dataset
 from dnas.errors import DnasError
 from dnas.evaluate import make_config, train_network
 from dnas.evaluate.distributed import DistContext, init_distributed, shutdown_distributed
+from dnas.evaluate import train as train_mod
 from dnas.evaluate.train import train_one_epoch
 
 GLOBAL_BATCH = 16
 ARCH = "|nor_conv_3x3~0|+|nor_conv_3x3~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|"
+ALL_USED = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|none~1|nor_conv_3x3~2|"  # no idle weight
 # S4: cell input 0 is read only by a noise edge, whose output ignores its input, so that input's
 # preprocessing gets no gradient (DDP must be told to look for unused parameters).
 S4_NOISE = ("Genotype(normal=[('noise', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2), "
@@ -74,6 +77,15 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         s4 = make_config("s4", S4_NOISE, "synthetic", epochs=1, channels=4, layers=3, batch_size=GLOBAL_BATCH,
                          subset=32, test_subset=20, resolution=16, drop_path=0.0, quiet=True, device="cpu")
         train_network(s4, Path(out) / "s4", ctx=ctx)  # two steps per rank: fails if DDP expects every gradient
+        # One test image for two processes: rank 1 scores none (its empty shard used to fail on rank 1 alone).
+        # The genotype leaves no parameter unused: DDP runs without looking for unused ones.
+        one = make_config("nb201", ALL_USED, "synthetic", epochs=1, channels=4, layers=1, batch_size=GLOBAL_BATCH,
+                          subset=32, test_subset=10, quiet=True, device="cpu")
+        train_set, test_set = train_mod._data(one)
+        test_set = dataclasses.replace(test_set, images=test_set.images[:1], labels=test_set.labels[:1])
+        result = train_mod._train(one, Path(out) / "one", ctx, train_set, test_set, resume=False, force=False,
+                                  callback=None)
+        (Path(out) / f"one_rank{rank}.json").write_text(json.dumps(result))
     finally:
         shutdown_distributed(ctx)
 
@@ -101,6 +113,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     assert len(torch.load(run / "checkpoint.pt", weights_only=False)["rank_rng"]) == 2
     assert json.loads((tmp_path / "s4" / "result.json").read_text())["world_size"] == 2
+    one = [json.loads((tmp_path / f"one_rank{r}.json").read_text()) for r in range(2)]
+    assert one[0]["test_acc"] == one[1]["test_acc"] in (0.0, 100.0)  # one image, counted once
 
 
 def test_single_process_without_torchrun(monkeypatch):

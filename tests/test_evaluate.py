@@ -513,3 +513,25 @@ def test_force_keeps_the_old_run_when_the_network_cannot_be_built(tmp_path, monk
     with pytest.raises(DnasError, match="cannot allocate"):
         train_network(make_config("nb201", NB201_ARCH, "synthetic", **{**TINY_NB201, "epochs": 3}), out, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_ddp_looks_for_unused_parameters_exactly_when_an_nb201_genotype_has_some():
+    """DDP's find_unused_parameters: asked for when some parameter gets no gradient (else DDP errors), and only
+    then (else a warning from every rank and a graph traversal per step). Checked against a backward pass for
+    every pattern of none / parameter-free / parametrised op over the six edges."""
+    from itertools import product
+
+    from dnas.evaluate.train import _may_leave_parameters_unused
+    from dnas.spaces import Nb201Genotype
+    from dnas.supernet import Nb201Network
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 4, 4)
+    seen = set()
+    for ops in product(("none", "skip_connect", "nor_conv_1x1"), repeat=6):
+        genotype = Nb201Genotype(ops)
+        net = Nb201Network(genotype, channels=1, cells_per_stage=1, num_classes=2, in_channels=1)
+        net(x).sum().backward()
+        unused = any(p.grad is None for p in net.parameters())
+        assert _may_leave_parameters_unused("nb201", genotype) == unused, genotype
+        seen.add(unused)
+    assert seen == {True, False}

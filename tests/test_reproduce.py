@@ -185,6 +185,54 @@ def test_a_mode_with_its_own_defaults_runs_in_a_grid(tmp_path, table, capsys):
     assert saved["mode"] == "spos" and saved["lr_per_step"] is True and saved["w_nesterov"] is True
 
 
+def test_progress_counts_the_jobs_skipped_behind_a_failure(tmp_path):
+    """The "(k/N)" counter reaches N when a failure holds jobs back: skipped jobs count (they did not)."""
+    import re
+    jobs = plan(get_protocol("smoke"), [0])
+    said = []
+    res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs, fail={"darts1-s0"}), workers=1, say=said.append)
+    assert set(res.blocked) == {"darts1-s0-pt", "darts1-s0-ostr"}
+    counters = [m.group(1) for m in (re.search(r"\((\d+/\d+)\)", s) for s in said) if m]
+    assert counters == [f"{k}/6" for k in range(1, 7)], said
+    assert any("skip  darts1-s0-pt: darts1-s0 failed (" in s for s in said), said
+
+
+def test_a_stopped_grid_marks_its_running_jobs_interrupted(tmp_path):
+    """Stopping reproduce --ray kills its Ray tasks outright: their workers cannot record the stop, so their
+    status.json said "running" for ever (and so did report.json). The scheduler marks them interrupted, as a
+    local worker does itself, and the next run resumes them."""
+    jobs = plan(get_protocol("smoke"), [0])
+
+    class KilledOnStop(FakePool):
+        def submit(self, name, path):
+            super().submit(name, path)
+            (path / "status.json").write_text(json.dumps({"state": "running", "attempts": 1, "seconds": 5.0}))
+
+        def wait(self, timeout):
+            raise KeyboardInterrupt  # Ctrl-C while two jobs run; stop() kills them without a word
+
+    with pytest.raises(KeyboardInterrupt):
+        run_jobs(jobs, tmp_path, KilledOnStop(tmp_path, jobs), workers=2, quiet=True)
+    states = {j.name: read_status(tmp_path, j.name) for j in jobs}
+    assert {n: s.get("state") for n, s in states.items() if s} == {"zeros-s0": "interrupted",
+                                                                   "darts1-s0": "interrupted"}
+    assert states["darts1-s0"]["seconds"] >= 5.0 and "ended" in states["darts1-s0"]
+    res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs), workers=2, quiet=True)
+    assert len(res.done) == 6 and not res.failed and not res.skipped
+
+
+def test_an_unreachable_ray_address_is_one_line_at_once(tmp_path, capsys):
+    """ray.init retried an address where nothing answers for minutes, printing connection warnings."""
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dnas[ray]'")
+    import time
+    t0 = time.time()
+    code, out, err = cli(["reproduce", "smoke", "--out", str(tmp_path / "o"), "--ray", "127.0.0.1:1"], capsys)
+    assert time.time() - t0 < 30
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "cannot connect to the Ray cluster at '127.0.0.1:1': nothing answers at" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_report_marks_values_missing_for_some_seeds():
     from dnas.reproduce.report import _fmt
 
@@ -256,13 +304,15 @@ def test_an_output_directory_keeps_one_protocol(tmp_path, table):
 
 def test_a_second_reproduce_writes_nothing_before_it_has_the_lock(tmp_path):
     """Two reproduce runs into one new directory at once: the one that does not get the lock must not write its
-    protocol.json (it used to, before failing on the lock, replacing the other one's)."""
+    protocol.json (it used to, before failing on the lock, replacing the other one's), nor say anything before
+    its refusal (it printed its "N jobs, ..., output DIR" header)."""
     from dnas.reproduce.execute import _exclusive
     out = tmp_path / "o"
+    said = []
     with _exclusive(out):  # the other reproduce, between taking its lock and writing its protocol.json
         with pytest.raises(DnasError, match="in use by another reproduce run"):
-            reproduce("smoke", out, seeds=[0], workers=1, quiet=True)
-    assert sorted(p.name for p in out.iterdir()) == [".lock"]
+            reproduce("smoke", out, seeds=[0], workers=1, say=said.append)
+    assert sorted(p.name for p in out.iterdir()) == [".lock"] and said == []
     (out / "protocol.json").write_text("[]")  # a hand-edited protocol.json of the wrong type: one line
     with pytest.raises(DnasError, match="protocol.json: not a dnas reproduction protocol"):
         reproduce("smoke", out, report_only=True)

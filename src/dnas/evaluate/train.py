@@ -217,11 +217,12 @@ def train_one_epoch(model: nn.Module, batches: Any, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: BatchLoader, ctx: DistContext) -> dict[str, float]:
-    """Mean loss and top-1 accuracy (%) over the whole split; each rank scores its own share."""
+def evaluate(model: nn.Module, loader: BatchLoader | None, ctx: DistContext) -> dict[str, float]:
+    """Mean loss and top-1 accuracy (%) over the whole split; each rank scores its own share (``None``: this
+    rank has none, it adds zeros to the sums)."""
     model.eval()
     loss_sum, correct, seen = 0.0, 0, 0
-    for x, y in loader.epoch(0):
+    for x, y in loader.epoch(0) if loader is not None else ():
         logits = model(x)
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
@@ -274,14 +275,30 @@ def _ground_truth(family: str, genotype: Any) -> dict[str, Any] | None:
 
 
 def _may_leave_parameters_unused(family: str, genotype: Any) -> bool:
-    """Whether some parameters may get no gradient (DDP must then look for unused parameters): NB201
-    nodes whose outgoing edges are all ``none``, DARTS nodes left out of ``concat``, and S4's ``noise``
-    op, whose output does not depend on its input (a cell input read only by noise edges)."""
+    """Whether some parameters get no gradient, so DDP must look for unused parameters (asking when none are
+    costs a graph traversal per step and a warning from every rank). NB201: see ``_nb201_unused``. DARTS
+    spaces (their genotypes hold no ``none``): nodes left out of ``concat``, and S4's ``noise`` op, whose
+    output does not depend on its input (a cell input read only by noise edges)."""
     if family == "nb201":
-        return True
+        return _nb201_unused(genotype)
     if any(op == "noise" for ct in ("normal", "reduce") for op, _ in getattr(genotype, ct)):
         return True
     return any(set(range(2, 6)) - set(getattr(genotype, f"{ct}_concat")) for ct in ("normal", "reduce"))
+
+
+def _nb201_unused(genotype: Any) -> bool:
+    """NB201: an op with parameters on an edge into a node with no path of non-``none`` edges to the cell's
+    output (node 3) gets no gradient; a cell with no such path from its input outputs the same for every
+    input, so the stem and the cells before the last get none."""
+    from ..spaces import NB201_EDGES
+    from ..spaces.ops import build_nb201_op
+    edges = [(src, dst, op) for (src, dst), op in zip(NB201_EDGES, genotype.ops) if op != "none"]
+    feeds = {3}  # the nodes that reach the output; an edge only goes to a higher node
+    for node in (2, 1, 0):
+        if any(src == node and dst in feeds for src, dst, _ in edges):
+            feeds.add(node)
+    dead = {op for _, dst, op in edges if dst not in feeds}  # ops whose output never reaches the cell's output
+    return 0 not in feeds or any(list(build_nb201_op(op, 1, affine=True).parameters()) for op in dead)
 
 
 def _data(cfg: TrainConfig) -> tuple[ImageDataset, ImageDataset]:
@@ -391,9 +408,10 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     train_loader = BatchLoader(train_set, None, config.batch_size // ctx.world_size, augment=True, shuffle=True,
                                seed=config.seed, stream=TRAIN_STREAM, rank=ctx.rank, world_size=ctx.world_size,
                                device=ctx.device, cutout=config.cutout)
+    # Each test image scored once: rank r takes every K-th from r; with fewer images than processes some take none.
     test_idx = torch.arange(len(test_set))[ctx.rank::ctx.world_size]
     test_loader = BatchLoader(test_set, test_idx, max(config.batch_size // ctx.world_size, 1), augment=False,
-                              shuffle=False, device=ctx.device)
+                              shuffle=False, device=ctx.device) if len(test_idx) else None
     quiet = config.quiet or not ctx.is_main
     bar = tqdm(total=(config.epochs - start) * len(train_loader), desc=f"train {space.name}", disable=quiet,
                dynamic_ncols=True)

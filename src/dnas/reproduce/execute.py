@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,29 @@ class LocalPool:
         self.gpu_of.clear()
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a cluster address where nothing answers: ``ray.init`` (which has no timeout) retries one for
+    minutes, printing connection warnings. ``auto`` and ``local`` (nothing to check, or nothing yet) are left
+    to Ray, which fails fast on them; a port that answers but is no Ray cluster is too."""
+    target: str | None = address[len("ray://"):] if address.startswith("ray://") else address
+    if not address.startswith("ray://"):
+        try:  # what ray.init connects to: "auto" resolved to the running cluster, localhost to this node's IP
+            from ray._private.services import canonicalize_bootstrap_address
+            target = canonicalize_bootstrap_address(address)
+        except ImportError:  # a Ray without it: check the address as given
+            pass
+        except (ConnectionError, ValueError) as e:
+            raise DnasError(f"cannot connect to the Ray cluster at {address!r} ({str(e).splitlines()[0]})") from None
+    host, sep, port = (target or "").rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise DnasError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {target} "
+                        f"({e.strerror or e})") from None
+
+
 class RayPool:
     """Jobs as Ray tasks on an existing cluster; each task runs the worker subprocess on its node."""
 
@@ -124,6 +148,7 @@ class RayPool:
             raise DnasError("--ray needs Ray: pip install 'dnas[ray]'") from None
         self.ray = ray
         if not ray.is_initialized():
+            _check_reachable(address)
             import threading
             main_thread = threading.current_thread() is threading.main_thread()
             handler = signal.getsignal(signal.SIGTERM) if main_thread else None
@@ -207,6 +232,9 @@ def _run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: boo
     done: list[str] = []
     total = len(pending)
     log = (lambda msg: None) if quiet else (lambda msg: say(f"[{time.strftime('%H:%M:%S')}] {msg}"))
+
+    def ended() -> str:  # this call's jobs that are over: done, failed, or skipped behind a failed one
+        return f"({len(done) + len(failed) + len(blocked)}/{total})"
     if skipped:
         log(f"{len(skipped)} of {len(jobs)} jobs already finished")
     for j in jobs:
@@ -221,7 +249,7 @@ def _run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: boo
                 if bad is not None:
                     pending.remove(j)
                     blocked[j.name] = bad
-                    log(f"skip {j.name}: {bad} failed")
+                    log(f"skip  {j.name}: {bad} failed {ended()}")
             locks = {by_name[n].lock for n in running if by_name[n].lock}
             for j in list(pending):
                 if len(running) >= workers:
@@ -240,17 +268,19 @@ def _run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: boo
                 if is_finished(out, by_name[name]):  # the output decides, not how the process ended
                     finished.add(name)
                     done.append(name)
-                    log(f"done  {name} in {secs:.0f} s ({len(done) + len(failed)}/{total})")
+                    log(f"done  {name} in {secs:.0f} s {ended()}")
                 else:
                     reason = why or _failure(out, name, rc)
                     failed[name] = reason
                     _mark_failed(out, name, rc, reason)
-                    log(f"FAIL  {name} after {secs:.0f} s: {reason}")
+                    log(f"FAIL  {name} after {secs:.0f} s {ended()}: {reason}")
             if not quiet and running and time.time() - last_progress > 120:
                 last_progress = time.time()
                 log("running: " + ", ".join(f"{n} {_progress(out, by_name[n])}" for n in running))
     except BaseException:
         pool.stop()  # jobs are resumable: stopping them loses at most the current epoch
+        for name, since in running.items():
+            _mark_interrupted(out, name, time.time() - since)
         raise
     return Outcome(done, failed, blocked, skipped)
 
@@ -280,6 +310,18 @@ def _mark_failed(out: Path, name: str, rc: int, reason: str) -> None:
     status.update(state="failed", exit_code=rc)
     status.setdefault("error", reason)  # the worker's own message when it wrote one
     atomic_write_json(job_dir(out, name) / STATUS, status)
+
+
+def _mark_interrupted(out: Path, name: str, seconds: float) -> None:
+    """What a stopped worker writes itself (local jobs get SIGTERM), for one that could not: Ray kills its tasks
+    outright, and a worker still running after its grace period is killed. Resumes on the next run."""
+    status = read_status(out, name)
+    if status.get("state") == "running":
+        before = status.get("seconds")
+        before = before if isinstance(before, (int, float)) else 0.0  # advisory: a bad value must not hide the stop
+        status.update(state="interrupted", seconds=before + seconds,
+                      ended=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_json(job_dir(out, name) / STATUS, status)
 
 
 def _progress(out: Path, job: Job) -> str:
