@@ -147,13 +147,13 @@ def test_checkpoint_that_does_not_fit_the_run_is_one_line(tmp_path, capsys):
     state["searcher"]["model"] = {f"old.{k}": v for k, v in state["searcher"]["model"].items()}
     torch.save(state, ckpt)
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    for args in (["select", str(out), "--method", "magnitude", "--quiet"],
+    for args in (["select", str(out), "--method", "magnitude", "--quiet", "--force"],
                  ["search", "--out", str(out), *TINY, "--resume"]):
         code, _, err = run_cli(args, capsys)
         assert code == 2 and "does not fit the supernet" in err and len(err.strip().splitlines()) == 1, err
     torch.save({"model": {}, "rng": state["rng"]}, ckpt)
     files[ckpt] = ckpt.read_bytes()
-    code, _, err = run_cli(["select", str(out), "--method", "magnitude", "--quiet"], capsys)
+    code, _, err = run_cli(["select", str(out), "--method", "magnitude", "--quiet", "--force"], capsys)
     assert code == 2 and "not a search checkpoint" in err and len(err.strip().splitlines()) == 1, err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
 
@@ -303,7 +303,7 @@ def test_os_errors_name_the_file_and_keep_what_was_written(tmp_path, capsys, mon
     for what, code in (("fsync", errno.ENOSPC), ("mkstemp", errno.EROFS)):
         with monkeypatch.context() as m:
             m.setattr(dio.os if what == "fsync" else dio.tempfile, what, fail(code))
-            assert main(["select", str(run), "--method", "magnitude", "--quiet"]) == 2
+            assert main(["select", str(run), "--method", "magnitude", "--quiet", "--force"]) == 2
         err = capsys.readouterr().err
         assert err == f"dnas: error: {target}: {os.strerror(code)}\n"
         assert files() == before
@@ -338,15 +338,15 @@ def test_a_run_saved_with_a_numbered_gpu_on_a_machine_without_it(tmp_path, capsy
     cfg["device"] = "cuda:1"
     (run / "config.json").write_text(json.dumps(cfg))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    code, _, err = run_cli(["select", str(run), "--method", "magnitude"], capsys)
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude", "--force"], capsys)
     assert code == 2 and "cuda:1" in err and "no CUDA device" in err and len(err.strip().splitlines()) == 1
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    code, _, err = run_cli(["select", str(run), "--method", "magnitude"], capsys)
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude", "--force"], capsys)
     assert code == 2 and "cuda:1" in err and "1 CUDA device" in err and len(err.strip().splitlines()) == 1
     code, _, err = run_cli(["search", "--out", str(tmp_path / "b"), *TINY, "--device", "cuda:x"], capsys)
     assert code == 2 and "unknown device" in err
-    assert run_cli(["select", str(run), "--method", "magnitude", "--device", "cpu"], capsys)[0] == 0
+    assert run_cli(["select", str(run), "--method", "magnitude", "--device", "cpu", "--force"], capsys)[0] == 0
 
 def test_run_files_that_are_json_but_not_objects(tmp_path, capsys):
     out = tmp_path / "run"
@@ -420,7 +420,7 @@ def test_out_of_memory_is_one_line_naming_the_sizes_and_keeps_the_old_run(tmp_pa
     with monkeypatch.context() as m:
         real = select_run.METHODS["magnitude"]
         m.setitem(select_run.METHODS, "magnitude", dataclasses.replace(real, fn=_oom(MemoryError())))
-        one_line(["select", str(run), "--method", "magnitude", "--quiet"], "selecting with magnitude",
+        one_line(["select", str(run), "--method", "magnitude", "--quiet", "--force"], "selecting with magnitude",
                  "eval_batch_size")
     assert files(run) == before
 
@@ -528,9 +528,10 @@ def finished_runs(tmp_path_factory):
 
 @pytest.mark.parametrize("name, key, value, command, needle", [
     # `select` wrote selections/magnitude.json, then failed on the list with a traceback
-    ("search/result.json", "selections", ["magnitude"], ["select", "{run}", "--method", "magnitude"],
+    ("search/result.json", "selections", ["magnitude"], ["select", "{run}", "--method", "magnitude", "--force"],
      "result.json: selections must be a JSON object, got [\"magnitude\"]"),
-    ("search/result.json", "selections", {"magnitude": {"genotype": 5}}, ["select", "{run}", "--method", "magnitude"],
+    ("search/result.json", "selections", {"magnitude": {"genotype": 5}},
+     ["select", "{run}", "--method", "magnitude", "--force"],
      "result.json: selections.magnitude.genotype must be a string or a JSON object, got 5"),
     ("search/result.json", "finished", ["yes"], ["analyze", "ranking", "{run}", "--table", "{run}/none.csv"],
      "result.json: finished must be a string or true/false"),
@@ -569,5 +570,34 @@ def test_hand_edited_run_files_of_the_wrong_type(tmp_path, capsys, finished_runs
     before = _files(tmp_path)
     args = [a.replace("{run}", str(run)).replace("{tmp}/a", str(run)) for a in command]
     code, _, err = run_cli(args, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("kind, edit, needle", [
+    ("search", lambda s: {**s, "rng": {}}, "checkpoint.pt: rng is not the RNG states dnas saves"),
+    ("search", lambda s: {**s, "rng": [1]}, "checkpoint.pt: rng must be a JSON object, got [1]"),
+    ("train", lambda s: {**s, "model": {"x": s["rng"]["torch"]}}, "checkpoint.pt: does not fit the network of"),
+    ("train", lambda s: {**s, "optimizer": {}}, "checkpoint.pt: does not fit the network of"),
+    ("train", lambda s: {k: v for k, v in s.items() if k != "epoch"}, "checkpoint.pt: epoch is missing"),
+    ("train", lambda s: {**s, "epoch": "1"}, "checkpoint.pt: epoch must be an integer, got \"1\""),
+    ("train", lambda s: {**s, "epoch": 7}, "checkpoint.pt: epoch must be between 0 and 1, got 7"),
+    ("train", lambda s: {**s, "rank_rng": [{"torch": 1}]}, "checkpoint.pt: rng is not the RNG states dnas saves"),
+])
+def test_a_resumed_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, finished_runs, kind, edit, needle):
+    """search / train --resume from a checkpoint torch reads but that lacks a key, has a wrong type or does not
+    fit the network: one line naming the file, exit 2, nothing written (was a KeyError or torch traceback)."""
+    import shutil
+
+    import torch
+    shutil.copytree(finished_runs, tmp_path, dirs_exist_ok=True)
+    run = tmp_path / kind
+    (run / "result.json").unlink()  # unfinished: --resume reads the checkpoint
+    torch.save(edit(torch.load(run / "checkpoint.pt", weights_only=False)), run / "checkpoint.pt")
+    before = _files(tmp_path)
+    args = ["search", "--out", str(run), *TINY] if kind == "search" else \
+        [*(a.replace("{tmp}/a", str(run)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4", "--layers", "1",
+         "--subset", "100", "--test-subset", "50", "--quiet"]
+    code, _, err = run_cli([*args, "--resume"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert _files(tmp_path) == before

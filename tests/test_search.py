@@ -380,7 +380,7 @@ def test_one_command_at_a_time_writes_a_run(tmp_path):
         with pytest.raises(DnasError, match="in use by another dnas command"):
             run_search(tiny(out, epochs=1), resume=True, quiet=True)
         with pytest.raises(DnasError, match="in use by another dnas command"):
-            run_selection(out, "magnitude", quiet=True)
+            run_selection(out, "magnitude", quiet=True, force=True)  # force: redo the search's own selection
     assert unchanged()
     with run_lock(out, shared=True):  # a selection or ranking on the run: no --resume, no --force meanwhile
         with pytest.raises(DnasError, match="in use by another dnas command"):
@@ -389,7 +389,7 @@ def test_one_command_at_a_time_writes_a_run(tmp_path):
         with run_lock(out, name="selections/.ostr.lock"):  # ostr running: a second ostr is refused ...
             with pytest.raises(DnasError, match=r"\(selection ostr\) is in use"):
                 run_selection(out, "ostr", quiet=True)
-            run_selection(out, "magnitude", quiet=True)  # ... another method is not
+            run_selection(out, "magnitude", quiet=True, force=True)  # ... another method is not
     # a search --force that starts after the selection's first check but before its lock: checked again
     import dnas.rundir as rd
     real_lock = rd.run_lock
@@ -404,7 +404,7 @@ def test_one_command_at_a_time_writes_a_run(tmp_path):
     rd.run_lock = force_meanwhile
     try:
         with pytest.raises(DnasError, match="has not finished"):
-            run_selection(out, "magnitude", quiet=True)
+            run_selection(out, "magnitude", quiet=True, force=True)
     finally:
         rd.run_lock = real_lock
     run_search(tiny(out, epochs=1), resume=True, quiet=True)  # finished again

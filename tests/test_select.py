@@ -884,7 +884,7 @@ def test_selectors_refuse_a_supernet_with_nan(tmp_path, poison, value):
     torch.save(state, out / "checkpoint.pt")
     for method in ("magnitude", "ostr"):
         with pytest.raises(DnasError, match=rf"checkpoint.pt: the supernet has NaN/inf values \({key}"):
-            run_selection(out, method, quiet=True)
+            run_selection(out, method, quiet=True, force=True)  # force: the search selected by magnitude
     assert not (out / "selections" / "ostr.json").exists()
     assert json.loads((out / "result.json").read_text())["selections"].keys() == {"magnitude"}
 
@@ -967,3 +967,112 @@ def test_selection_files_are_standard_json_and_nan_scores_read_back(tmp_path, ca
     for key in ("zeros", "zeros_round0"):
         np.testing.assert_array_equal(again[key]["scores"]["cell"], new[key]["scores"]["cell"])  # NaN == NaN here
     assert (np.isnan(np.array(Selection.from_json(space, old).scores["cell"], dtype=float)) == nan).all()
+
+
+# -- saved selections: a hand-made checkpoint, a finished selection ---------------------------------------
+PT_TINY = ["--method", "pt", "--option", "proj_intv=1", "--option", "max_batches=1", "--quiet"]
+
+
+def _files(run):
+    return {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+
+@pytest.fixture(scope="module")
+def interrupted_pt(tmp_path_factory):
+    """A finished search with a pt selection killed in its second tune epoch (pt.ckpt.pt, pt.tune.jsonl)."""
+    from dnas.search.trainer import Searcher
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    run_search(tiny_config(out=str(run)), quiet=True)
+    real, calls = Searcher.train_epoch, []
+
+    def dying(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    Searcher.train_epoch = dying
+    try:
+        assert cli_main(["select", str(run), *PT_TINY]) == 130
+    finally:
+        Searcher.train_epoch = real
+    assert (run / "selections" / "pt.ckpt.pt").exists() and (run / "selections" / "pt.tune.jsonl").read_text()
+    return run
+
+
+def _other_model(state):
+    return {**state, "searcher": {**state["searcher"], "model": {"x": torch.zeros(1)}}}
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda s: [1, 2], "not a pt selection checkpoint, got [1, 2]"),
+    (lambda s: {k: v for k, v in s.items() if k != "rng"}, "rng is missing"),
+    (lambda s: {**s, "rng": {}}, "rng is not the RNG states dnas saves"),
+    (lambda s: {k: v for k, v in s.items() if k != "orders"}, "orders is missing"),
+    (lambda s: {**s, "orders": {}}, "orders.cell is missing"),
+    (lambda s: {**s, "next_epoch": "3"}, 'next_epoch must be an integer, got "3"'),
+    (lambda s: {**s, "next_epoch": 99}, "next_epoch must be between 0 and 6, got 99"),
+    (lambda s: {**s, "method": "ostr"}, "a checkpoint of method ostr, not pt"),
+    (lambda s: {**s, "search": {**s["search"], "seed": 99}}, "another search run (its settings differ from "
+                                                            "config.json's: seed)"),
+    # other options, and a next epoch of 0: the tune log used to be cut to nothing before the refusal
+    (lambda s: {**s, "fingerprint": {**s["fingerprint"], "proj_intv": 3}, "next_epoch": 0},
+     "--resume with different options than the interrupted selection"),
+    (_other_model, "does not fit the supernet of"),
+])
+def test_a_selection_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, interrupted_pt, edit, needle):
+    """A checkpoint that torch reads but that lacks a key, has a wrong type, belongs to another method, run or
+    supernet, or was saved with other options: one line naming it and --force, exit 2, nothing written."""
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_pt, run)
+    ckpt = run / "selections" / "pt.ckpt.pt"
+    torch.save(edit(torch.load(ckpt, weights_only=False)), ckpt)
+    before = _files(run)
+    assert cli_main(["select", str(run), *PT_TINY, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(ckpt) in err and needle in err, err
+    assert err.rstrip().endswith("use --force to start over")
+    assert _files(run) == before
+    if needle.startswith("not a pt"):  # as the message says (checked once: a whole selection)
+        assert cli_main(["select", str(run), *PT_TINY, "--force"]) == 0
+        assert not ckpt.exists() and (run / "selections" / "pt.json").exists()
+
+
+def test_a_search_checkpoint_without_its_arch_optimizer_is_one_line(tmp_path, capsys):
+    """pt continues the search's α optimiser: a search checkpoint without it named, not KeyError: 'a_opt'."""
+    run = tmp_path / "run"
+    run_search(tiny_config(out=str(run)), quiet=True)
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    del state["searcher"]["a_opt"]
+    torch.save(state, run / "checkpoint.pt")
+    before = _files(run)
+    assert cli_main(["select", str(run), *PT_TINY]) == 2
+    assert capsys.readouterr().err == f"dnas: error: {run / 'checkpoint.pt'}: searcher.a_opt is missing\n"
+    assert _files(run) == before
+
+
+def test_a_finished_selection_is_kept_without_force(tmp_path, capsys):
+    """`dnas select RUN --method M` where M has finished (magnitude: by the search) is refused like an existing
+    run directory: nothing rerun or rewritten; --resume leaves it, --force selects again. An interrupted
+    progressive ostr is not discarded by a one-shot ostr either."""
+    run = tmp_path / "run"
+    search = ["search", "--dataset", "synthetic", "--resolution", "8", "--subset", "64", "--channels", "4",
+              "--cells", "1", "--epochs", "1", "--batch-size", "32", "--quiet", "--out", str(run)]
+    assert cli_main([*search, "--select", "magnitude,ostr"]) == 0  # the search's own magnitude is not redone
+    capsys.readouterr()
+    before = _files(run)
+    for method in ("magnitude", "ostr"):
+        assert cli_main(["select", str(run), "--method", method, "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"dnas: error: {run / 'selections' / f'{method}.json'} already exists (selection {method} "
+                       "has finished); use --force to select again (--resume with its options leaves it as it is)\n")
+        assert _files(run) == before
+    assert cli_main(["select", str(run), "--method", "magnitude", "--resume"]) == 0
+    assert _files(run) == before
+    assert cli_main(["select", str(run), "--method", "ostr", "--option", "batches=1", "--force", "--quiet"]) == 0
+    capsys.readouterr()
+    assert json.loads((run / "selections" / "ostr.json").read_text())["requested_options"] == {"batches": 1}
+    ckpt = run / "selections" / "ostr.ckpt.pt"
+    ckpt.write_bytes(b"an interrupted progressive ostr")
+    assert cli_main(["select", str(run), "--method", "ostr", "--quiet"]) == 2
+    assert "--resume to continue it or --force to start over" in capsys.readouterr().err and ckpt.exists()

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from .errors import DnasError
+from .errors import DnasError, is_out_of_memory
 from .io import (append_jsonl, atomic_torch_save, atomic_write_json, atomic_write_text, read_json, read_jsonl,
                  to_json, torch_load)
 
@@ -91,7 +91,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
                                 f"this command's settings)")
             if settings is not None:  # a hand-edited wrong type says so, not "different settings"
                 check_settings(saved, settings, run / CONFIG)
-            diff = sorted(k for k in shared if saved[k] != config[k] and k not in _RESUME_FREE)
+            diff = changed_settings(saved, config)
             if diff:
                 raise DnasError(f"{run}: --resume with different settings than the saved run: {', '.join(diff)}")
         return run
@@ -123,6 +123,11 @@ def _scratch(p: Path) -> bool:
 _RESUME_FREE = {"quiet", "device", "out", "resume", "force", "select", "table", "data_dir", "workers", "source"}
 
 
+def changed_settings(saved: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The settings of ``config`` that ``saved`` holds with another value (those free on resume aside)."""
+    return sorted(k for k in config if k in saved and saved[k] != config[k] and k not in _RESUME_FREE)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -130,15 +135,17 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        # One state per GPU the saving process saw: a machine (or CUDA_VISIBLE_DEVICES) with fewer GPUs
-        # restores the ones it has (set_rng_state_all would fail on the first GPU it lacks).
-        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
+def set_rng_state(state: dict[str, Any], where: Any = "checkpoint") -> None:
+    """Restore ``rng_state()``; a malformed one (a hand-made checkpoint) is a DnasError naming ``where``."""
+    with fitting(where, "rng is not the RNG states dnas saves (torch, numpy, python)"):
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            # One state per GPU the saving process saw: a machine (or CUDA_VISIBLE_DEVICES) with fewer GPUs
+            # restores the ones it has (set_rng_state_all would fail on the first GPU it lacks).
+            for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(s, i)
 
 
 def seed_everything(seed: int) -> None:
@@ -151,11 +158,32 @@ def save_checkpoint(run: str | Path, state: dict[str, Any], name: str = CHECKPOI
     atomic_torch_save(Path(run) / name, {**state, "rng": rng_state()})
 
 
-def load_checkpoint(run: str | Path, name: str = CHECKPOINT) -> dict[str, Any]:
-    state = torch_load(Path(run) / name)
-    if not isinstance(state, dict) or "rng" not in state:
-        raise DnasError(f"{Path(run) / name}: not a dnas checkpoint")
-    return state
+def load_checkpoint(run: str | Path, name: str = CHECKPOINT, fields: Mapping[str, Any] | None = None,
+                    required: tuple[str, ...] = (), what: str = "a dnas checkpoint") -> dict[str, Any]:
+    """RUN/``name``: a dict with an ``rng`` dict and the keys named in ``fields`` of those types (``check_fields``;
+    ``required`` ones present); a missing, corrupt or hand-made one is one DnasError naming the file."""
+    path = Path(run) / name
+    return check_fields(torch_load(path), {"rng": dict, **(fields or {})}, path, what=what,
+                        required=("rng", *required))
+
+
+@contextmanager
+def fitting(path: Any, problem: str) -> Iterator[None]:
+    """Loading a checkpoint's saved state (from ``path``): one that does not fit (another run's or space's, an
+    older layout's, a hand-made one) is one DnasError, ``path: problem: torch's last line``, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        if is_out_of_memory(e):
+            raise
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[-1] if lines else type(e).__name__)[:160].rstrip(".")
+        raise DnasError(f"{path}: {problem}: {detail}") from None
+
+
+def does_not_fit(what: str) -> str:
+    """``fitting``'s problem for a state that does not load into ``what`` (a model, an optimiser)."""
+    return f"does not fit {what} (another run's or an older layout's checkpoint?)"
 
 
 def log_metrics(run: str | Path, record: dict[str, Any], name: str = METRICS) -> None:
@@ -240,7 +268,10 @@ def check_fields(obj: Any, fields: Mapping[str, Any], where: Any, *, what: str =
 
 
 def _show(value: Any) -> str:
-    text = to_json(value)
+    try:
+        text = to_json(value)
+    except (TypeError, ValueError):  # a checkpoint's value (a tensor, a tuple of arrays): its type says enough
+        return type(value).__name__
     return text if len(text) <= 40 else f"{text[:37]}..."
 
 

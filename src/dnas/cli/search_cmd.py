@@ -109,7 +109,8 @@ def _run(a: argparse.Namespace) -> int:
     from ..rundir import run_finished
     from ..select.run import ground_truth_hook, parse_methods, run_selections
     cfg = config_from_args(a)
-    methods = parse_methods(a.select)
+    # the search itself selects by magnitude (selections/magnitude.json), which a rerun would refuse to replace
+    methods = [m for m in parse_methods(a.select) if m != "magnitude"]
     _check_table(cfg.space)
     finished = a.resume and run_finished(cfg.out)
     result = run_search(cfg, resume=a.resume, force=a.force, quiet=a.quiet, on_selection=ground_truth_hook(),

@@ -11,7 +11,8 @@ from . import parse_options, say_finished
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="select an architecture from a trained supernet",
                        description="Run a selection method on a search run directory; writes RUN/selections/"
-                                   "<method>.json and adds it to RUN/result.json. Training-free methods (zeros) "
+                                   "<method>.json and adds it to RUN/result.json. A method already selected on RUN "
+                                   "(magnitude: by the search) is kept unless --force. Training-free methods (zeros) "
                                    "also run without RUN, given --space.")
     p.add_argument("run", nargs="?", help="search run directory (omit for training-free methods)")
     p.add_argument("--method", required=True, help="magnitude, pt, ostr or zeros")
@@ -20,9 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="method option, e.g. proj_intv=5, criterion=loss, progressive=true; repeatable")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted progressive selection (pt, ostr); one that finished with the same "
-                        "options is left as it is")
+                        "options is left as it is (with other options it runs again)")
     p.add_argument("--force", action="store_true",
-                   help="start over, discarding an interrupted selection; without RUN: overwrite --out")
+                   help="select again, replacing a finished selection (RUN/selections/<method>.json) or discarding "
+                        "an interrupted one; without RUN: overwrite --out")
     p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
     p.add_argument("--out", help="without RUN: also write the selection JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -36,9 +36,9 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, load_checkpoint, log_metrics, prepare_run_dir,
-                      read_config, read_metrics, read_result, rng_state, run_lock, save_checkpoint, seed_everything,
-                      set_rng_state, truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, check_fields, does_not_fit, fitting, load_checkpoint,
+                      log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state, run_lock,
+                      save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
 from ..spaces import get_space
 from ..supernet import check_bn_batches, check_resolution
 from ..tensorboard import tb_log
@@ -344,6 +344,9 @@ def train_network(config: TrainConfig, out_dir: str | Path, *, resume: bool = Fa
 
 
 TRAIN_SIZES = "--channels, --layers, --batch-size or --resolution"  # the flags that set a training's memory use
+# checkpoint.pt of a training, besides its rng: checked on --resume before anything is loaded or written
+TRAIN_STATE: dict[str, Any] = {"model": dict, "optimizer": dict, "epoch": int, "elapsed": float,
+                               "rank_rng": list[dict] | None}
 
 
 def _sizes(config: TrainConfig, train_set: ImageDataset, ctx: DistContext) -> dict[str, Any]:
@@ -385,17 +388,22 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     start, elapsed = 0, 0.0
     record: dict[str, Any] = {}
     if resume and (run / CHECKPOINT).exists():
+        path = run / CHECKPOINT
         state = load_checkpoint(run)
         if "model" not in state or "optimizer" not in state:
-            raise DnasError(f"{run / CHECKPOINT}: not a training checkpoint")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start, elapsed = int(state["epoch"]), float(state.get("elapsed", 0.0))
+            raise DnasError(f"{path}: not a training checkpoint")
+        check_fields(state, TRAIN_STATE, path, required=("epoch",))
+        if not 0 <= state["epoch"] <= config.epochs:
+            raise DnasError(f"{path}: epoch must be between 0 and {config.epochs}, got {state['epoch']}")
+        with fitting(path, does_not_fit(f"the network of {run / CONFIG}")):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        start, elapsed = state["epoch"], float(state.get("elapsed", 0.0))
         ranks = state.get("rank_rng")
         if ranks and len(ranks) == ctx.world_size:
-            set_rng_state(ranks[ctx.rank])
+            set_rng_state(ranks[ctx.rank], path)
         else:  # another process count: rank 0's state, then each rank its own drop-path / noise stream
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"], path)
             torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank, start))
         if ctx.is_main:
             truncate_metrics(run, start)

@@ -13,9 +13,9 @@ from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError, memory_limits
 from ..io import atomic_write_json
-from ..rundir import (CHECKPOINT, CONFIG, load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics,
-                      read_result, resolve_device, run_finished, run_lock, save_checkpoint, seed_everything,
-                      selection_summary, set_rng_state, truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, fitting, load_checkpoint, log_metrics, prepare_run_dir,
+                      read_config, read_metrics, read_result, resolve_device, run_finished, run_lock, save_checkpoint,
+                      seed_everything, selection_summary, set_rng_state, truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet, check_bn_batches
@@ -117,18 +117,14 @@ def open_run(run_dir: str | Path, device: str | None = None, checkpoint: str = C
     return run
 
 
-def load_searcher_state(load: Callable[[dict[str, Any]], None], state: dict[str, Any], path: Path) -> None:
+def load_searcher_state(load: Callable[[dict[str, Any]], None], state: dict[str, Any], path: Path,
+                        config: Path | None = None) -> None:
     """``load(state["searcher"])``; a checkpoint that is no search checkpoint, or one that does not fit the
-    supernet of the run's config.json (another run's, another space's, an older layout's), is one DnasError."""
+    supernet of the run's config.json (``config``; default: next to ``path``) is one DnasError."""
     if not isinstance(state.get("searcher"), dict):
         raise DnasError(f"{path}: not a search checkpoint")
-    try:
+    with fitting(path, does_not_fit(f"the supernet of {config or path.parent / CONFIG}")):
         load(state["searcher"])
-    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:  # not a state dict of this net
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        detail = (lines[-1] if lines else type(e).__name__)[:160]
-        raise DnasError(f"{path}: does not fit the supernet of {path.parent / 'config.json'} "
-                        f"(another run's or an older layout's checkpoint?): {detail}") from None
 
 
 def alpha_snapshot(model: nn.Module) -> dict[str, list[list[float]]]:
@@ -169,7 +165,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         if resume and (out / CHECKPOINT).exists():
             state = load_checkpoint(out)
             load_searcher_state(searcher.load_state_dict, state, out / CHECKPOINT)
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"], out / CHECKPOINT)
             truncate_metrics(out, searcher.epoch)
         elif resume:
             truncate_metrics(out, 0)

@@ -32,10 +32,12 @@ from tqdm.auto import tqdm
 
 from ..errors import DnasError
 from ..tensorboard import tb_log
-from ..rundir import CHECKPOINT, load_checkpoint, log_metrics, truncate_metrics
+from ..rundir import (CHECKPOINT, CONFIG, changed_settings, check_fields, does_not_fit, fitting, load_checkpoint,
+                      log_metrics, truncate_metrics)
 from ..spaces import Space
 from ..spaces.darts import NODE_EDGES
 from ..search import cosine_lr
+from ..search.run import load_searcher_state
 from .common import positive_float, positive_int, seed_option
 
 if TYPE_CHECKING:
@@ -143,10 +145,25 @@ def _orders(run: "SearchRun", seed: int) -> dict[str, dict[str, list[int]]]:
     return out
 
 
-def _arch_optimizer_state(run_dir: Path | None) -> dict[str, Any] | None:
+# A progressive selection's checkpoint (selections/<method>.ckpt.pt), besides the method and rng that
+# SelectionContext adds; checked on --resume before anything is restored or written. All are required but
+# ``search`` (the run's settings), which older checkpoints lack: they still resume.
+STATE_FIELDS: dict[str, Any] = {
+    "fingerprint": dict, "search": dict, "searcher": dict, "orders": dict[str, dict[str, list[int]]],
+    "decisions": list[dict], "tune_log": list[dict], "next_epoch": int, "next_unit": int, "seconds": float,
+    "forward_passes": int}
+STATE_REQUIRED = tuple(k for k in STATE_FIELDS if k != "search")
+
+
+def _load_arch_optimizer(searcher: Any, run_dir: Path | None) -> None:
+    """Continue the search's α optimiser (its Adam state in RUN/checkpoint.pt), when there is one."""
     if run_dir is None or not (run_dir / CHECKPOINT).exists():
-        return None
-    return load_checkpoint(run_dir)["searcher"]["a_opt"]
+        return
+    path = run_dir / CHECKPOINT
+    saved = check_fields(load_checkpoint(run_dir)["searcher"], {"a_opt": dict}, path, prefix="searcher.",
+                         required=("a_opt",))
+    with fitting(path, does_not_fit(f"the supernet of {run_dir / CONFIG}")):
+        searcher.a_opt.load_state_dict(saved["a_opt"])
 
 
 def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: Callable[[], Decider],
@@ -172,35 +189,49 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
     decider = decider_factory()
 
     log_name = f"selections/{ctx.method}.tune.jsonl"  # one line per tune epoch, next to the selection
-    state = ctx.load_state()
-    if ctx.run_dir is not None:
-        (ctx.run_dir / "selections").mkdir(parents=True, exist_ok=True)
-        truncate_metrics(ctx.run_dir, state["next_epoch"] if state else 0, name=log_name)
     fingerprint = {**(fingerprint or {}), **dataclasses.asdict(sch)}
-    if state is not None and state.get("fingerprint") != fingerprint:
-        changed = sorted(k for k in fingerprint if state.get("fingerprint", {}).get(k) != fingerprint[k])
-        raise DnasError(f"{ctx.method}: --resume with different options than the interrupted selection: "
-                        f"{', '.join(changed)}")
+    search = run.config.to_json()  # which run a checkpoint belongs to
+    cell_types = list(arch.cell_types)
+
+    def restore(state: dict[str, Any]) -> None:
+        """A checkpoint of this method on this run with these options, that fits the supernet: restored."""
+        path = ctx.checkpoint
+        if state["fingerprint"] != fingerprint:
+            changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+            raise DnasError(f"{ctx.method}: --resume with different options than the interrupted selection "
+                            f"({path}): {', '.join(changed)}")
+        other = changed_settings(state.get("search", search), search)
+        if other:
+            raise DnasError(f"{path}: the interrupted selection of another search run (its settings differ from "
+                            f"{CONFIG}'s: {', '.join(other)})")
+        check_fields(state["orders"], {ct: dict[str, list[int]] for ct in cell_types}, path, prefix="orders.",
+                     required=tuple(cell_types))
+        for key, last in (("next_epoch", plan.tune_epochs), ("next_unit", len(cell_types))):
+            if not 0 <= state[key] <= last:
+                raise DnasError(f"{path}: {key} must be between 0 and {last}, got {state[key]}")
+        load_searcher_state(searcher.load_state_dict, state, path, ctx.run_dir / CONFIG)
+
+    state = ctx.load_state(STATE_FIELDS, STATE_REQUIRED, restore)
     if state is not None:
-        searcher.load_state_dict(state["searcher"])
         orders, decisions, tune_log = state["orders"], state["decisions"], state["tune_log"]
         start_epoch, start_unit = state["next_epoch"], state["next_unit"]
         elapsed, decider.forward_passes = state["seconds"], state["forward_passes"]
     else:
-        a_state = None if sch.reset_arch_optimizer else _arch_optimizer_state(ctx.run_dir)
-        if a_state is not None:
-            searcher.a_opt.load_state_dict(a_state)
+        if not sch.reset_arch_optimizer:
+            _load_arch_optimizer(searcher, ctx.run_dir)
         orders, decisions, tune_log = _orders(run, sch.seed), [], []
         start_epoch, start_unit, elapsed = 0, 0, 0.0
+    if ctx.run_dir is not None:  # only once the state is loaded: a refused checkpoint leaves the log as it was
+        (ctx.run_dir / "selections").mkdir(parents=True, exist_ok=True)
+        truncate_metrics(ctx.run_dir, start_epoch, name=log_name)
     t0 = time.time()
 
     def save(next_epoch: int, next_unit: int) -> None:
-        ctx.save_state({"fingerprint": fingerprint, "searcher": searcher.state_dict(), "orders": orders,
-                        "decisions": decisions,
+        ctx.save_state({"fingerprint": fingerprint, "search": search, "searcher": searcher.state_dict(),
+                        "orders": orders, "decisions": decisions,
                         "tune_log": tune_log, "next_epoch": next_epoch, "next_unit": next_unit,
                         "seconds": elapsed + time.time() - t0, "forward_passes": decider.forward_passes})
 
-    cell_types = list(arch.cell_types)
     bar = tqdm(range(start_epoch, plan.tune_epochs), total=plan.tune_epochs, initial=start_epoch,
                desc=f"{ctx.method} decisions+tuning", disable=ctx.quiet)
     for epoch in bar:

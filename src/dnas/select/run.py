@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..errors import DnasError, memory_limits
-from ..io import atomic_torch_save, atomic_write_json, torch_load
+from ..io import atomic_torch_save, atomic_write_json
 from ..rundir import read_selection, selection_summary, update_result
 from ..spaces import Space
 from .base import Selection, removed_ops_named
@@ -32,34 +32,57 @@ class SelectionContext:
     force: bool = False  # start over even though an interrupted selection is saved
 
     @property
-    def _ckpt(self) -> Path | None:
-        return None if self.run_dir is None else self.run_dir / "selections" / f"{self.method}.ckpt.pt"
+    def checkpoint(self) -> Path | None:
+        return None if self.run_dir is None else _checkpoint(self.run_dir, self.method)
+
+    def check_saved(self) -> None:
+        """Nothing saved is replaced without a flag: an interrupted selection (its checkpoint) takes --resume or
+        --force, a finished one (selections/<method>.json) --force, as an existing run directory does."""
+        if self.run_dir is None or self.resume or self.force:
+            return
+        if self.checkpoint is not None and self.checkpoint.exists():
+            raise DnasError(f"{self.method}: an interrupted selection is saved in {self.checkpoint.parent}; "
+                            "use --resume to continue it or --force to start over")
+        done = _finished_file(self.run_dir, self.method)
+        if done is not None:
+            raise DnasError(f"{done} already exists (selection {self.method} has finished); use --force to select "
+                            "again (--resume with its options leaves it as it is)")
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Checkpoint a progressive selector (after each decision)."""
-        if self._ckpt is not None:
+        if self.checkpoint is not None:
             from ..rundir import rng_state
-            atomic_torch_save(self._ckpt, {**state, "rng": rng_state()})
+            atomic_torch_save(self.checkpoint, {**state, "method": self.method, "rng": rng_state()})
 
-    def load_state(self) -> dict[str, Any] | None:
+    def load_state(self, fields: dict[str, Any], required: tuple[str, ...],
+                   check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """The saved state when resuming, else None (and RNG restored with it). An interrupted selection is
-        never discarded silently: without ``resume`` it takes ``force``."""
-        if self._ckpt is None or not self._ckpt.exists():
+        never discarded silently: without ``resume`` it takes ``force``.
+
+        The state must hold ``fields`` of their types (``rundir.check_fields``; ``required`` ones present) and
+        pass ``check`` (the selector's own: its options, its run, its supernet); a checkpoint that does not is
+        one DnasError naming it, raised before anything is restored or written, that says --force starts over."""
+        if self.checkpoint is None or not self.checkpoint.exists():
             return None
         if not self.resume:
-            if not self.force:
-                raise DnasError(f"{self.method}: an interrupted selection is saved in {self._ckpt.parent}; "
-                                "use --resume to continue it or --force to start over")
-            self._ckpt.unlink()
+            self.check_saved()
+            self.checkpoint.unlink()
             return None
-        state = torch_load(self._ckpt)
-        from ..rundir import set_rng_state
-        set_rng_state(state["rng"])
+        from ..rundir import load_checkpoint, set_rng_state
+        try:
+            state = load_checkpoint(self.checkpoint.parent, self.checkpoint.name, {"method": str, **fields}, required,
+                                    what=f"a {self.method} selection checkpoint")
+            if state.get("method", self.method) != self.method:  # older checkpoints name no method
+                raise DnasError(f"{self.checkpoint}: a checkpoint of method {state['method']}, not {self.method}")
+            check(state)
+            set_rng_state(state["rng"], self.checkpoint)
+        except DnasError as e:
+            raise DnasError(f"{e}; use --force to start over") from None
         return state
 
     def clear_state(self) -> None:
-        if self._ckpt is not None and self._ckpt.exists():
-            self._ckpt.unlink()
+        if self.checkpoint is not None and self.checkpoint.exists():
+            self.checkpoint.unlink()
 
 
 Selector = Callable[[Any, SelectionContext], Selection]
@@ -134,24 +157,29 @@ def run_selection(run_dir: str | Path, method: str, *, options: dict[str, Any] |
     """Run one selector on a search run; writes selections/<method>.json and updates result.json.
 
     ``resume`` continues an interrupted selection; one that already finished with the same ``options`` is
-    returned as saved, with nothing rerun or rewritten."""
+    returned as saved, with nothing rerun or rewritten. Without ``resume`` or ``force`` a finished or interrupted
+    selection of ``method`` is refused (``SelectionContext.check_saved``); ``force`` selects again."""
     from ..search import open_run
+    from ..search.run import read_search_config
     from ..rundir import require_finished
     m = get_method(method)
     run_dir = Path(run_dir)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
+    ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
+    read_search_config(run_dir, device)  # the run's files are checked first, as for a selection that runs
     if resume:
-        done = _resumed(run_dir, method, options, device)
+        done = _resumed(run_dir, method, options)
         if done is not None:
             return done
+    ctx.check_saved()  # before the data and the supernet are loaded
     run = open_run(run_dir, device=device)
     require_finished(run_dir)
     # Other methods may select from the same run at once (the run is shared: no search --resume/--force meanwhile);
     # one method only once at a time (it writes selections/<method>.ckpt.pt, .tune.jsonl and .json).
     with _locks(run_dir, method):
         require_finished(run_dir)  # again under the lock: a search --force may have started since
-        ctx = SelectionContext(method, dict(options or {}), run_dir, resume, quiet, force)
+        ctx.check_saved()  # and another `select` of this method may have finished since
         from ..search.run import SEARCH_SIZES, supernet_sizes
         sizes = {**supernet_sizes(run.config, run.dataset.resolution, run.device),
                  "eval_batch_size": (options or {}).get("eval_batch_size")}
@@ -177,12 +205,10 @@ def _locks(run_dir: Path, method: str) -> Iterator[None]:
         yield
 
 
-def _resumed(run_dir: Path, method: str, options: dict[str, Any] | None, device: str | None) -> dict[str, Any] | None:
+def _resumed(run_dir: Path, method: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
     """With --resume: the selection if it already finished with these options (put back in result.json if a kill
     came between the two writes; nothing is written when it is there), else None."""
     from ..rundir import require_finished
-    from ..search.run import read_search_config
-    read_search_config(run_dir, device)  # the run's files are checked as for a selection that runs
     require_finished(run_dir)
     if finished_selection(run_dir, method, options) is None:
         return None
@@ -203,13 +229,23 @@ def finished_selection(run_dir: str | Path, method: str, options: dict[str, Any]
 
     An interrupted one (its checkpoint is still there) or one asked with other options does not count.
     """
-    sel_dir = Path(run_dir) / "selections"
-    path = sel_dir / f"{method}.json"
-    if not path.exists() or (sel_dir / f"{method}.ckpt.pt").exists():
+    path = _finished_file(Path(run_dir), method)
+    if path is None:
         return None
     entry = read_selection(path)
     # the search's own magnitude selection records no requested options: it has none
     return entry if entry.get("requested_options", {}) == dict(options or {}) else None
+
+
+def _checkpoint(run_dir: Path, method: str) -> Path:
+    return run_dir / "selections" / f"{method}.ckpt.pt"
+
+
+def _finished_file(run_dir: Path, method: str) -> Path | None:
+    """selections/<method>.json if that selection has finished: none while its checkpoint is there (a rerun
+    with --force was interrupted)."""
+    path = run_dir / "selections" / f"{method}.json"
+    return path if path.exists() and not _checkpoint(run_dir, method).exists() else None
 
 
 def select_without_run(method: str, *, options: dict[str, Any] | None = None, quiet: bool = False) -> dict[str, Any]:
