@@ -493,22 +493,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def start(benchmark: str, args: argparse.Namespace, **extra) -> Callable[[dict], None] | None:
+    """Print a run's header line and return the JSON-line printer; None (after an error line) when
+    ``--device cuda`` has no CUDA. Shared with the sibling benchmarks."""
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print(json.dumps({"error": "--device cuda but CUDA is not available"}))
+        return None
+
+    def emit(row: dict) -> None:
+        print(json.dumps(row), flush=True)
+
+    emit({"benchmark": benchmark, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
+          "device": device_label(args.device, args.threads), "threads": args.threads, **extra,
+          "python": platform.python_version(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
+    return emit
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.worker:
         _worker(args)
         return 0
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(json.dumps({"error": "--device cuda but CUDA is not available"}))
+    emit = start("supernet_step", args)
+    if emit is None:
         return 2
-
-    def emit(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-
-    emit({"benchmark": "supernet_step", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-          "device": device_label(args.device, args.threads), "threads": args.threads,
-          "python": platform.python_version(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
     for space in args.space:
         run_space(space, args, emit)
     return 0

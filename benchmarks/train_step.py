@@ -22,10 +22,6 @@ network with ``memory_format = torch.contiguous_format``, loaded from the same `
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -47,7 +43,7 @@ except ImportError:  # run from a fresh clone without an editable install
     from dnas.spaces import get_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from supernet_step import _progress, device_label  # noqa: E402  (the sibling benchmark's helpers)
+from supernet_step import _progress, device_label, start  # noqa: E402  (the sibling benchmark's helpers)
 
 IMPLS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # A typical NB201 cell (3x3 and 1x1 convs, skip, pool) and DARTS-V2 (Liu et al., 2019).
@@ -180,16 +176,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(json.dumps({"error": "--device cuda but CUDA is not available"}))
+    emit = start("train_step", args, clock=args.clock)
+    if emit is None:
         return 2
-
-    def emit(row: dict) -> None:
-        print(json.dumps(row), flush=True)
-
-    emit({"benchmark": "train_step", "date": datetime.date.today().isoformat(), "torch": torch.__version__,
-          "device": device_label(args.device, args.threads), "threads": args.threads, "clock": args.clock,
-          "python": platform.python_version(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
     for space in args.space:
         run_space(space, args, emit)
     return 0
