@@ -306,6 +306,10 @@ def test_cli_ranking_with_arch_list_and_errors(tiny_run, tmp_path, capsys):
     assert "is not in" in capsys.readouterr().err
     assert main(["analyze", "ranking", str(tiny_run), "--table", str(tmp_path / "nope.csv")]) == 2
     assert main(["analyze", "ranking", str(tiny_run), "--table", str(table), "--bn-recalibrate", "-1"]) == 2
+    capsys.readouterr()
+    # numpy's sampling generator takes no negative seed: that was a ValueError traceback
+    assert main(["analyze", "ranking", str(tiny_run), "--table", str(table), "--seed", "-1"]) == 2
+    assert "--seed must be a whole number from 0 to 2**63 - 1, got -1" in capsys.readouterr().err
 
 
 def _additive_table(tmp_path, effect):

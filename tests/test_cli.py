@@ -78,6 +78,12 @@ DARTS_ARCH = ("Genotype(normal=[('sep_conv_3x3', 0), ('skip_connect', 1), ('sep_
     (["search", "--out", "{tmp}/a", "--mode", "prime", "--lr", "nan"], "--lr must be a finite number > 0"),
     (["search", "--out", "{tmp}/a", "--mode", "spos", "--momentum", "nan"], "--momentum must be in [0, 1)"),
     (["--threads", "-3", "search", "--out", "{tmp}/a"], "--threads must be between"),
+    # seeds beyond torch's 64-bit generator seeds were a ValueError traceback once the data was loaded
+    (["search", "--out", "{tmp}/a", *TINY, "--seed", str(2**64 - 1)], "--seed must be a whole number from -2**63"),
+    (["search", "--out", "{tmp}/a", *TINY, "--seed", str(-2**63 - 1)], "--seed must be a whole number from -2**63"),
+    ([*TRAIN_NB201, "--epochs", "1", "--channels", "4", "--layers", "1", "--seed", str(2**64)], "--seed must be"),
+    (["reproduce", "smoke", "--out", "{tmp}/a", "--seeds", f"0,{2**64}", "--quiet"], "--seeds: each seed must be"),
+    (["select", "--method", "zeros", "--space", "nb201", "--option", f"seed={2**64}"], "option seed must be"),
     (["search"], "required"),
     (["frobnicate"], "invalid choice"),
 ])

@@ -500,7 +500,7 @@ def test_cli_search_then_select(tmp_path, capsys):
     assert saved["genotype"] == line["genotype"] and len(saved["decisions"]) == 6
 
 
-@pytest.mark.parametrize("seed", ["abc", 1.5, True])
+@pytest.mark.parametrize("seed", ["abc", 1.5, True, 2**64, -2**63 - 1])
 def test_seed_options_must_be_whole_numbers(seed):
     from types import SimpleNamespace
     from dnas.select.progressive import SCHEDULE_DEFAULTS, Schedule

@@ -36,6 +36,20 @@ def check_sgd(*, lr: float, lr_min: float, momentum: float, weight_decay: float,
     finite_non_negative("--grad-clip", grad_clip, " (0: off)")
 
 
+# Seeds reach torch as 64-bit generator seeds (some streams add a small offset first). torch takes -2**63 ..
+# 2**64 - 1 and fails with a traceback beyond; it also treats -1 and 2**64 - 1 as one seed. The signed range
+# keeps every seed distinct and every offset stream in torch's range.
+SEED_MIN, SEED_MAX = -2**63, 2**63 - 1
+
+
+def check_seed(name: str, value: object, minimum: int = SEED_MIN) -> int:
+    """A seed: a whole number (not a bool) from ``minimum`` to 2**63 - 1; returned as is."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= SEED_MAX:
+        low = "-2**63" if minimum == SEED_MIN else str(minimum)
+        raise DnasError(f"{name} must be a whole number from {low} to 2**63 - 1, got {value!r}")
+    return value
+
+
 def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """No NaN/inf in any of ``tensors`` (one host sync for all of them)."""
     flags = [torch.isfinite(t.detach()).all() for t in tensors]

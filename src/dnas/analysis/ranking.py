@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..checks import check_seed
 from ..errors import DnasError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, read_jsonl, to_json
 from ..rundir import check_fields, require_finished, run_lock
@@ -182,6 +183,7 @@ class RankingSettings:
     valid_batches: int | None = None   # None: the whole validation split
 
     def check(self) -> None:
+        check_seed("--seed", self.seed, minimum=0)  # numpy's generators take no negative seed
         if self.bn_batches < 0:
             raise DnasError(f"--bn-recalibrate must be >= 0, got {self.bn_batches}")
         for name in ("bn_batch_size", "valid_batches"):

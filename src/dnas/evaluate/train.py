@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..bench import lookup_nb201
-from ..checks import all_finite, check_sgd
+from ..checks import all_finite, check_seed, check_sgd
 from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
@@ -128,6 +128,7 @@ def check_config(cfg: TrainConfig) -> None:
             raise DnasError(msg)
     check_sgd(lr=cfg.lr, lr_min=cfg.lr_min, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
               grad_clip=cfg.grad_clip)
+    check_seed("--seed", cfg.seed)
     if cfg.channels < 1 or cfg.layers < 1:
         raise DnasError(f"--channels and --layers must be >= 1, got {cfg.channels} and {cfg.layers}")
     darts = get_space(cfg.space).family != "nb201"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..checks import check_seed
 from ..errors import DnasError
 from ..io import atomic_write_json, read_json
 from .execute import LocalPool, Outcome, RayPool, _exclusive, gpu_slots, run_jobs
@@ -99,6 +100,8 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
     seeds = list(proto.seeds if seeds is None else seeds)
     if not seeds or len(set(seeds)) != len(seeds):
         raise DnasError(f"--seeds needs distinct seeds, got {seeds}")
+    for seed in seeds:
+        check_seed("--seeds: each seed", seed)
     for name, v in (("--workers", workers), ("--threads", threads)):
         if v is not None and v < 1:
             raise DnasError(f"{name} must be >= 1, got {v}")

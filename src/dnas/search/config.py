@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..checks import check_sgd, finite_non_negative, finite_positive
+from ..checks import check_seed, check_sgd, finite_non_negative, finite_positive
 from ..errors import DnasError
 from ..spaces import get_space
 from ..supernet import check_node_bn, check_resolution
@@ -79,4 +79,5 @@ class SearchConfig:
         if not 0.0 < self.train_portion < 1.0:
             raise DnasError(f"train portion must be in (0, 1), got {self.train_portion}")
         check_resolution(self.resolution)
+        check_seed("--seed", self.seed)
         check_node_bn(get_space(self.space), self.node_bn)

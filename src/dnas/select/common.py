@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checks import check_seed
 from ..data import BatchLoader
 from ..errors import DnasError
 from ..supernet import ArchState, build_supernet, check_bn_batches
@@ -44,11 +45,7 @@ def positive_int(method: str, key: str, value: Any, allow_none: bool = False) ->
 
 def seed_option(method: str, value: Any, default: int) -> int:
     """A seed option: ``default`` when None, else a whole number (a float or text would be cut or crash later)."""
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DnasError(f"{method}: option seed must be a whole number, got {value!r}")
-    return value
+    return default if value is None else check_seed(f"{method}: option seed", value)
 
 
 def positive_float(method: str, key: str, value: Any, allow_none: bool = False) -> float | None:
