@@ -509,6 +509,10 @@ def test_resume_of_finished_work_changes_nothing(tmp_path, capsys):
              "--layers", "1", "--subset", "100", "--test-subset", "50", "--quiet"]
     assert run_cli(train, capsys)[0] == 0
     before = {**_files(run), **_files(trained)}
+    import torch  # what float32 results also depend on (README, Seeds): recorded with each result
+    for d in (run, trained):
+        assert json.loads((d / "result.json").read_text())["environment"] == {"torch": torch.__version__,
+                                                                             "threads": torch.get_num_threads()}
     for args, what in ((["search", "--out", str(run), *TINY, "--resume"], "the search"),
                        (["search", "--out", str(run), *TINY, "--select", "ostr", "--resume"], "the search"),
                        (["select", str(run), "--method", "magnitude", "--resume"], "selection magnitude"),

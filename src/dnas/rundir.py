@@ -148,6 +148,12 @@ def set_rng_state(state: dict[str, Any], where: Any = "checkpoint") -> None:
                 torch.cuda.set_rng_state(s, i)
 
 
+def environment() -> dict[str, Any]:
+    """What a run's numbers depend on beyond its settings: float32 results differ in the last bits between
+    thread counts and torch builds (README, Seeds), so result.json records both."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

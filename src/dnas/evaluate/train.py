@@ -36,9 +36,9 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, check_fields, does_not_fit, fitting, load_checkpoint,
-                      log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state, run_lock,
-                      save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, check_fields, does_not_fit, environment, fitting,
+                      load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state,
+                      run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
 from ..spaces import get_space
 from ..supernet import check_bn_batches, check_resolution
 from ..tensorboard import tb_log
@@ -464,7 +464,8 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
               "dataset": config.dataset, "epochs": config.epochs, "test_acc": last_test["acc"],
               "test_loss": last_test["loss"], "train_acc": record.get("train_acc"),
               "train_loss": record.get("train_loss"), **counts, "world_size": ctx.world_size,
-              "seconds": round(elapsed, 3), "source": config.source, "finished": True}
+              "seconds": round(elapsed, 3), "source": config.source, "environment": environment(),
+              "finished": True}
     if benchmark is not None:
         result["benchmark"] = benchmark
     if ctx.is_main:

@@ -13,9 +13,10 @@ from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError, memory_limits
 from ..io import atomic_write_json
-from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, fitting, load_checkpoint, log_metrics, prepare_run_dir,
-                      read_config, read_metrics, read_result, resolve_device, run_finished, run_lock, save_checkpoint,
-                      seed_everything, selection_summary, set_rng_state, truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, environment, fitting, load_checkpoint, log_metrics,
+                      prepare_run_dir, read_config, read_metrics, read_result, resolve_device, run_finished, run_lock,
+                      save_checkpoint, seed_everything, selection_summary, set_rng_state, truncate_metrics,
+                      update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet, check_bn_batches
@@ -191,7 +192,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         last = _last_metrics(out)
         return update_result(out, space=config.space, mode=config.mode, dataset=config.dataset, seed=config.seed,
                              genotype=str(sel.genotype), final=last, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                             selections={"magnitude": selection_summary(entry)})
+                             environment=environment(), selections={"magnitude": selection_summary(entry)})
 
 
 def _last_metrics(out: Path) -> dict[str, Any]:
