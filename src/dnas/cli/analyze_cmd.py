@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("run", help="search run directory")
     r.add_argument("--samples", type=int, default=100,
                    help="architectures to sample (default 100; with --archs: the first K of the list)")
-    r.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**63 - 1 (default 0)")
     r.add_argument("--archs", help="file with one architecture per line instead of sampling")
     r.add_argument("--bn-recalibrate", type=int, default=10, metavar="B",
                    help="training batches to re-estimate BN statistics per architecture (0: keep the supernet's)")

@@ -51,7 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--impl", help="supernet implementation: fast (default) or reference (the per-op loop)")
     p.add_argument("--node-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="DARTS spaces: BN on every node's sum (DARTS-PRIME's network; the prime mode's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of everything random in the search, -2**63 .. 2**63 - 1 (default 0; README: Seeds)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -59,7 +60,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (a finished one is left as it is; with --select: selectors "
                         "that finished are not rerun)")
-    p.add_argument("--force", action="store_true", help="delete an existing run directory first")
+    p.add_argument("--force", action="store_true",
+                   help="start over: an existing dnas run directory is deleted once the new run has been set up")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_run)
 

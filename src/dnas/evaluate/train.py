@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -381,6 +382,11 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     net: nn.Module = model
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
+        # The network runs channels-last with NCHW parameters: a 1x1 conv's weight gradient comes back with
+        # other strides on its size-1 dims than DDP's bucket view (the same memory order), and DDP would warn
+        # once per process that this "may impair performance". It does not: the copy into the bucket is dense.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides",
+                                category=UserWarning)
         net = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
                   find_unused_parameters=_may_leave_parameters_unused(space.family, genotype))
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
