@@ -247,9 +247,9 @@ def test_pt_evaluation_leaves_model_unchanged():
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
 
 
-@pytest.mark.parametrize("where", ["evaluation", "tuning"])
-def test_pt_resume_is_exact(tmp_path, monkeypatch, where):
-    cfg = tiny_config(out=str(tmp_path / "a"))
+@pytest.mark.parametrize("where, mode", [("evaluation", "darts1"), ("tuning", "darts1"), ("tuning", "sdarts-rs")])
+def test_pt_resume_is_exact(tmp_path, monkeypatch, where, mode):
+    cfg = tiny_config(out=str(tmp_path / "a"), mode=mode)  # sdarts-rs: tuning draws noise from the search's stream
     run_search(cfg, quiet=True)
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     opts = {"proj_intv": 2, "max_batches": 1}
@@ -281,6 +281,53 @@ def test_pt_resume_is_exact(tmp_path, monkeypatch, where):
     assert not (tmp_path / "b" / "selections" / "pt.ckpt.pt").exists()
     tune_a = (tmp_path / "a" / "selections" / "pt.tune.jsonl").read_text()
     assert (tmp_path / "b" / "selections" / "pt.tune.jsonl").read_text() == tune_a
+
+
+def _generator_states(monkeypatch):
+    """The searcher's generator state before every w step (where SPOS paths and SDARTS noise are drawn)."""
+    from dnas.search.trainer import Searcher
+    states, real = [], Searcher.w_step
+    monkeypatch.setattr(Searcher, "w_step", lambda self, x, y: states.append(self.generator.get_state().clone())
+                        or real(self, x, y))
+    return states
+
+
+@pytest.mark.parametrize("mode, method, tune_rng", [("spos", "pt", "continue"), ("sdarts-rs", "pt", "continue"),
+                                                    ("sdarts-rs", "ostr", "continue"), ("spos", "pt", "restart")])
+def test_tuning_continues_the_search_random_stream(tmp_path, monkeypatch, mode, method, tune_rng):
+    """PT's and progressive OStr's tuning draw SPOS paths / SDARTS noise on from where the search's checkpoint
+    left the generator (darts-pt read as one run); they used to restart it at the search's seed, so the first
+    tuning steps repeated the search's first paths / noise (kept as tune_rng=restart)."""
+    from dnas.rundir import load_checkpoint
+    from dnas.search.modes import make_config
+    cfg = make_config(mode, **{**TINY, "space": "nb201", "cells": 1, "subset": 128, "epochs": 1, "out": str(tmp_path)})
+    states = _generator_states(monkeypatch)
+    run_search(cfg, quiet=True)
+    search, end = list(states), load_checkpoint(tmp_path)["searcher"]["generator"]
+    states.clear()
+    opts = {"proj_intv": 1, **({"max_batches": 1} if method == "pt" else {"progressive": True, "batches": 1})}
+    if tune_rng == "restart":
+        opts["tune_rng"] = "restart"
+    out = run_selection(tmp_path, method, options=opts, quiet=True)
+    assert len(states) == out["cost"]["tune_w_steps"] > len(search)
+    if tune_rng == "continue":  # the default
+        assert torch.equal(states[0], end)
+        assert not any(torch.equal(t, s) for t in states for s in search)  # nothing of the search is replayed
+    else:
+        assert torch.equal(states[0], search[0])  # and so the draws repeat (shifted where a decided edge draws none)
+    assert out["options"]["tune_rng"] == tune_rng
+
+
+def test_in_memory_tuning_does_not_replay_the_search_stream(monkeypatch):
+    """Without a run directory there is no saved generator to continue: tuning gets a stream of its own."""
+    run = trained(tiny_config(mode="sdarts-rs"))
+    start = run.searcher(quiet=True).generator.get_state()  # where the search's stream started
+    states = _generator_states(monkeypatch)
+    select("pt", run, proj_intv=1, max_batches=1)
+    assert states and not torch.equal(states[0], start)
+    states.clear()
+    select("pt", trained(tiny_config(mode="sdarts-rs")), proj_intv=1, max_batches=1, tune_rng="restart")
+    assert torch.equal(states[0], start)
 
 
 def test_pt_tuning_keeps_the_search_recipe(monkeypatch):
@@ -1019,6 +1066,10 @@ def _other_model(state):
     (lambda s: {**s, "fingerprint": {**s["fingerprint"], "proj_intv": 3}, "next_epoch": 0},
      "--resume with different options than the interrupted selection"),
     (_other_model, "does not fit the supernet of"),
+    # saved before the tune_rng option: it tuned with tune_rng=restart, which a default resume would not repeat
+    (lambda s: {**s, "fingerprint": {k: v for k, v in s["fingerprint"].items() if k != "tune_rng"}},
+     "tune_rng (it was started before the tune_rng option, so with tune_rng=restart: resume it with --option "
+     "tune_rng=restart)"),
 ])
 def test_a_selection_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, interrupted_pt, edit, needle):
     """A checkpoint that torch reads but that lacks a key, has a wrong type, belongs to another method, run or
@@ -1036,6 +1087,34 @@ def test_a_selection_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, 
     if needle.startswith("not a pt"):  # as the message says (checked once: a whole selection)
         assert cli_main(["select", str(run), *PT_TINY, "--force"]) == 0
         assert not ckpt.exists() and (run / "selections" / "pt.json").exists()
+
+
+def test_a_selection_checkpoint_from_before_tune_rng_resumes_as_it_began(tmp_path, monkeypatch):
+    """An interrupted selection saved before the tune_rng option (no tune_rng in its options; its tuning had
+    restarted the search's stream) is refused by a default --resume with one line that says how to finish it,
+    and finishes with --option tune_rng=restart bit for bit as that selection run straight through."""
+    from dnas.search.trainer import Searcher
+    run_search(tiny_config(mode="sdarts-rs", out=str(tmp_path / "a")), quiet=True)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    opts = {"proj_intv": 1, "max_batches": 1}
+    full = run_selection(tmp_path / "a", "pt", options={**opts, "tune_rng": "restart"}, quiet=True)
+    real, calls = Searcher.train_epoch, []
+    monkeypatch.setattr(Searcher, "train_epoch", lambda self, *a, **k: calls.append(1) or (
+        (_ for _ in ()).throw(KeyboardInterrupt) if len(calls) == 3 else real(self, *a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        run_selection(tmp_path / "b", "pt", options={**opts, "tune_rng": "restart"}, quiet=True)
+    monkeypatch.undo()
+    ckpt = tmp_path / "b" / "selections" / "pt.ckpt.pt"
+    state = torch.load(ckpt, weights_only=False)
+    del state["fingerprint"]["tune_rng"]  # as an older dnas saved it
+    torch.save(state, ckpt)
+    with pytest.raises(DnasError, match=r"tune_rng \(it was started before .* resume it with --option tune_rng=restart"
+                                        r"\); use --force to start over$"):
+        run_selection(tmp_path / "b", "pt", options=opts, resume=True, quiet=True)
+    resumed = run_selection(tmp_path / "b", "pt", options={**opts, "tune_rng": "restart"}, resume=True, quiet=True)
+    assert resumed["decisions"] == full["decisions"] and resumed["genotype"] == full["genotype"]
+    tune = "selections/pt.tune.jsonl"
+    assert (tmp_path / "b" / tune).read_text() == (tmp_path / "a" / tune).read_text()
 
 
 def test_a_search_checkpoint_without_its_arch_optimizer_is_one_line(tmp_path, capsys):

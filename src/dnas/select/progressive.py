@@ -14,6 +14,20 @@ Schedule (darts-pt ``sota/cnn/projection.py``, ``nasbench201/projection.py``):
 - The α optimiser is *not* reset: darts-pt resumes the search checkpoint (its ``arch_optimizer``
   state included) and keeps stepping the same Adam. We load the run checkpoint's ``a_opt`` state
   when there is one (``reset_arch_optimizer=true`` starts a fresh Adam).
+- Random draws while tuning (SPOS paths, SDARTS-RS noise: the searcher's generator), option ``tune_rng``:
+  ``continue`` (default) goes on from the search checkpoint's generator state, as if the search had run
+  on: the reading of darts-pt as one run that the rest of this schedule takes (the search's α-optimiser
+  state, data epochs after the search's), and that darts-pt's ``train_search.py --dev proj`` without
+  ``--resume_epoch`` (projection in the search's process) does. darts-pt's released projection scripts
+  instead start a new process with the search's ``--seed`` from a checkpoint that saves no RNG state,
+  so their SDARTS noise (drawn on the CUDA generator, which nothing draws from before) replays the
+  search's first noise, scaled by ε; ``restart`` does that here: the generator starts again at the
+  search's seed, and the first tuning steps repeat the search's first SPOS paths / noise while the data
+  epochs move on (what dnas did before this option). We take ``continue`` as the default because the
+  replay is a by-product of darts-pt's checkpoint format, not part of the method, and it couples tuning
+  to the search's start.
+  A supernet searched in memory (no run directory, so no checkpoint) continues on a stream of its own
+  (seeded from the search seed apart from the search's), which cannot replay the search's draws.
 - Edge order: darts-pt draws uniformly among the undecided edges at each decision; we draw one seeded
   permutation per cell type up front (the same distribution), saved in the checkpoint.
 - With ``proj_intv = 1`` darts-pt's NB201 formula gives 5 epochs for 6 decisions (the last edge would
@@ -30,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..data.core import derive_seed
 from ..errors import DnasError
 from ..tensorboard import tb_log
 from ..rundir import (CHECKPOINT, CONFIG, changed_settings, check_fields, does_not_fit, fitting, load_checkpoint,
@@ -45,6 +60,7 @@ if TYPE_CHECKING:
     from .run import SelectionContext
 
 ORDER_SEED = 0x5E1EC7  # added to the search seed for the edge/node orders
+TUNE_STREAM = 0x7E4E  # tune_rng=continue without a search checkpoint: the generator's own stream
 
 # Options of every progressive method (pt, progressive ostr), with DARTS-PT's defaults.
 SCHEDULE_DEFAULTS: dict[str, Any] = {
@@ -54,8 +70,11 @@ SCHEDULE_DEFAULTS: dict[str, Any] = {
     "reset_arch_optimizer": False,
     "sdarts_epsilon": 0.3,      # SDARTS-RS supernets keep their perturbation during tuning with this ε
     "seed": None,               # edge-order seed; None: the search seed
+    "tune_rng": "continue",     # SPOS paths / SDARTS noise while tuning: continue the search's stream or restart it
 }
-SCHEDULE_CHOICES = {"lr_schedule": ("constant", "cosine"), "reset_arch_optimizer": (True, False)}
+SCHEDULE_CHOICES = {"lr_schedule": ("constant", "cosine"), "reset_arch_optimizer": (True, False),
+                    "tune_rng": ("continue", "restart")}
+LEGACY_TUNE_RNG = "restart"  # what a selection checkpoint saved before the tune_rng option did
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,7 @@ class Schedule:
     reset_arch_optimizer: bool
     sdarts_epsilon: float
     seed: int
+    tune_rng: str = "continue"
 
     @classmethod
     def from_options(cls, method: str, opts: dict[str, Any], run: "SearchRun") -> "Schedule":
@@ -74,7 +94,7 @@ class Schedule:
                    lr=run.config.w_lr / 10 if lr is None else lr, lr_schedule=opts["lr_schedule"],
                    reset_arch_optimizer=bool(opts["reset_arch_optimizer"]),
                    sdarts_epsilon=positive_float(method, "sdarts_epsilon", opts["sdarts_epsilon"]),
-                   seed=seed_option(method, opts["seed"], run.config.seed))
+                   seed=seed_option(method, opts["seed"], run.config.seed), tune_rng=opts["tune_rng"])
 
 
 @dataclass(frozen=True)
@@ -155,15 +175,26 @@ STATE_FIELDS: dict[str, Any] = {
 STATE_REQUIRED = tuple(k for k in STATE_FIELDS if k != "search")
 
 
-def _load_arch_optimizer(searcher: Any, run_dir: Path | None) -> None:
-    """Continue the search's α optimiser (its Adam state in RUN/checkpoint.pt), when there is one."""
-    if run_dir is None or not (run_dir / CHECKPOINT).exists():
+def _continue_search(searcher: Any, run_dir: Path | None, arch_optimizer: bool, rng: bool) -> None:
+    """Continue the search's α optimiser (its Adam state in RUN/checkpoint.pt) and/or its random stream (the
+    searcher's generator: SPOS paths, SDARTS noise), when there is a checkpoint. Without one (a supernet
+    searched in memory) the generator gets a stream of its own instead of restarting the search's."""
+    path = None if run_dir is None else run_dir / CHECKPOINT
+    if path is None or not path.exists():
+        if rng:
+            searcher.generator.manual_seed(derive_seed(searcher.config.seed, TUNE_STREAM))
         return
-    path = run_dir / CHECKPOINT
-    saved = check_fields(load_checkpoint(run_dir)["searcher"], {"a_opt": dict}, path, prefix="searcher.",
-                         required=("a_opt",))
+    if not (arch_optimizer or rng):
+        return
+    keys = (("a_opt",) if arch_optimizer else ()) + (("generator",) if rng else ())
+    saved = check_fields(load_checkpoint(run_dir)["searcher"], {"a_opt": dict, "generator": torch.Tensor}, path,
+                         prefix="searcher.", required=keys)
     with fitting(path, does_not_fit(f"the supernet of {run_dir / CONFIG}")):
-        searcher.a_opt.load_state_dict(saved["a_opt"])
+        if arch_optimizer:
+            searcher.a_opt.load_state_dict(saved["a_opt"])
+    if rng:
+        with fitting(path, "searcher.generator is not a torch generator state"):
+            searcher.generator.set_state(saved["generator"])
 
 
 def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: Callable[[], Decider],
@@ -196,10 +227,16 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
     def restore(state: dict[str, Any]) -> None:
         """A checkpoint of this method on this run with these options, that fits the supernet: restored."""
         path = ctx.checkpoint
-        if state["fingerprint"] != fingerprint:
-            changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        saved = state["fingerprint"]
+        legacy = "tune_rng" not in saved  # saved before the option: its tuning restarted the search's stream
+        if legacy:
+            saved = {**saved, "tune_rng": LEGACY_TUNE_RNG}
+        if saved != fingerprint:
+            changed = sorted(k for k in fingerprint if saved.get(k) != fingerprint[k])
+            hint = (f" (it was started before the tune_rng option, so with tune_rng={LEGACY_TUNE_RNG}: resume it "
+                    f"with --option tune_rng={LEGACY_TUNE_RNG})" if legacy and "tune_rng" in changed else "")
             raise DnasError(f"{ctx.method}: --resume with different options than the interrupted selection "
-                            f"({path}): {', '.join(changed)}")
+                            f"({path}): {', '.join(changed)}{hint}")
         other = changed_settings(state.get("search", search), search)
         if other:
             raise DnasError(f"{path}: the interrupted selection of another search run (its settings differ from "
@@ -217,8 +254,8 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
         start_epoch, start_unit = state["next_epoch"], state["next_unit"]
         elapsed, decider.forward_passes = state["seconds"], state["forward_passes"]
     else:
-        if not sch.reset_arch_optimizer:
-            _load_arch_optimizer(searcher, ctx.run_dir)
+        _continue_search(searcher, ctx.run_dir, arch_optimizer=not sch.reset_arch_optimizer,
+                         rng=sch.tune_rng == "continue")
         orders, decisions, tune_log = _orders(run, sch.seed), [], []
         start_epoch, start_unit, elapsed = 0, 0, 0.0
     if ctx.run_dir is not None:  # only once the state is loaded: a refused checkpoint leaves the log as it was

@@ -15,7 +15,10 @@ Differences from the released code, all deliberate:
   augmented, shuffled ``valid_queue``), in batches of the search batch size (``eval_batch_size``);
 - BN running statistics are restored after every candidate evaluation (the code lets them drift; in
   train mode they never affect a decision, in ``bn_mode=eval`` they would);
-- the trace of every decision (edge, per-op accuracy and loss, chosen op) is kept in ``decisions``.
+- the trace of every decision (edge, per-op accuracy and loss, chosen op) is kept in ``decisions``;
+- tuning's random draws (SPOS paths, SDARTS-RS noise) continue the search's stream (``tune_rng=continue``);
+  the released projection scripts re-seed a new process, which replays the search's first SDARTS noise
+  (``tune_rng=restart``; see ``progressive.py``).
 Selection scores: per (edge, op) ``1 - acc`` with the op removed (``criterion=acc``) or the loss with it
 removed (``criterion=loss``); higher = the removal hurts more; NaN on edges never op-decided. The genotype
 is the space's standard parse of the projected weights (one-hot decided edges, removed edges zero), so in S3
