@@ -611,3 +611,175 @@ def test_a_resumed_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, fi
     code, _, err = run_cli([*args, "--resume"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
     assert _files(tmp_path) == before
+
+
+def test_is_out_of_memory_recognizes_exactly_the_allocators_errors():
+    import torch
+    from dnas.errors import OutOfMemory, is_out_of_memory
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(torch.OutOfMemoryError("no room"))  # by its type, whatever it says
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"))
+    assert is_out_of_memory(RuntimeError("CUDA error: out of memory"))
+    assert is_out_of_memory(RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"))
+    # said already (an inner block named the sizes), or not an allocator's error at all
+    assert not is_out_of_memory(OutOfMemory("out of memory building x"))
+    assert not is_out_of_memory(ValueError("a value about running out of memory"))
+    assert not is_out_of_memory(RuntimeError("shapes do not match"))
+
+
+def test_memory_message_names_the_request_and_only_the_known_sizes():
+    from dnas.errors import memory_message
+    e = RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2500000000 bytes")
+    assert memory_message(e, "training", {"channels": 64, "batch": None}, "--channels") == (
+        "out of memory training (channels 64): could not allocate 2.5 GB; lower --channels")
+    assert memory_message(MemoryError("Unable to allocate 1.50 GB for an array"), "loading") == (
+        "out of memory loading: could not allocate 1.50 GB")
+    assert memory_message(MemoryError("Unable to allocate 3.00 GiB for an array"), "x", {"a": None}) == (
+        "out of memory x: could not allocate 3.00 GiB")
+
+
+def test_memory_limits_raises_a_memory_error_that_is_also_a_dnas_error():
+    from dnas.errors import DnasError
+    import torch
+    from dnas.errors import OutOfMemory, memory_limits
+    with pytest.raises(MemoryError) as info:  # callers that catch MemoryError still do
+        with memory_limits("building", {"channels": 8}, "--channels"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert isinstance(info.value, OutOfMemory) and isinstance(info.value, DnasError)
+    assert str(info.value) == "out of memory building (channels 8): could not allocate 2.00 GiB; lower --channels"
+    with pytest.raises(OutOfMemory, match="^out of memory inner"):  # the innermost block names it
+        with memory_limits("outer", {}, ""):
+            with memory_limits("inner", {}, ""):
+                raise MemoryError()
+    with pytest.raises(KeyError):  # anything else passes through
+        with memory_limits("x", {}, ""):
+            raise KeyError("k")
+
+
+def test_to_json_converts_inside_tuples_too():
+    import math
+    import numpy as np
+    import torch
+    from dnas.io import jsonable, to_json
+    assert to_json({"t": (math.nan, np.float32(2.0), (math.inf, 1))}) == '{"t": [null, 2.0, [null, 1]]}'
+    assert jsonable((torch.tensor(0.5), np.int64(3))) == [0.5, 3]
+
+
+def test_an_update_that_changes_nothing_leaves_result_json_alone(tmp_path):
+    from dnas.rundir import read_result, update_result
+    update_result(tmp_path, space="nb201", selections={"a": {"genotype": "g"}})
+    before = (tmp_path / "result.json").stat()
+    assert update_result(tmp_path, selections={"a": {"genotype": "g"}}) == {"space": "nb201",
+                                                                           "selections": {"a": {"genotype": "g"}}}
+    after = (tmp_path / "result.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # not even rewritten alike
+    update_result(tmp_path, selections={"b": {"genotype": "h"}})
+    assert sorted(read_result(tmp_path)["selections"]) == ["a", "b"]
+
+
+@pytest.mark.parametrize("obj, fields, needle", [
+    ({"lr": True}, {"lr": float}, "lr must be a number, got true"),  # bool is an int to Python, not to a config
+    ({"epochs": False}, {"epochs": int}, "epochs must be an integer, got false"),
+    ({"arch_betas": [0.5, 0.9, 0.1]}, {"arch_betas": tuple[float, float]}, "arch_betas must be a list of 2 numbers"),
+    ({"cost": {"seconds": "1 s"}}, {"cost": dict[str, float | None]},
+     'cost.seconds must be a number or null, got "1 s"'),
+    ({"alpha": {"cell": [[0.1, "x"]]}}, {"alpha": dict[str, list[list[float]]]}, "alpha.cell[0][1] must be a number"),
+    ([1], {}, "not a JSON object, got [1]"),
+])
+def test_check_fields_refuses_each_wrong_type(obj, fields, needle):
+    from dnas.errors import DnasError
+    from dnas.rundir import check_fields
+    with pytest.raises(DnasError) as info:
+        check_fields(obj, fields, "f.json")
+    assert str(info.value).startswith("f.json: ") and needle in str(info.value), str(info.value)
+
+
+def test_check_fields_accepts_the_types_json_writes():
+    from dnas.rundir import check_fields
+    ok = {"lr": 1, "betas": [0, 0.9], "cost": {"s": None, "t": 2}, "g": {"normal": []}, "epochs": 3}
+    assert check_fields(ok, {"lr": float, "betas": tuple[float, float], "cost": dict[str, float | None],
+                             "g": str | dict, "epochs": int}, "f") is ok
+
+
+def test_selection_and_metrics_files_need_their_key_field(tmp_path):
+    from dnas.errors import DnasError
+    from dnas.rundir import read_metrics, read_selection
+    (tmp_path / "m.json").write_text(json.dumps({"method": "pt", "scores": {}}))
+    with pytest.raises(DnasError, match="m.json: genotype is missing"):
+        read_selection(tmp_path / "m.json")
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 0, "lr": 0.1}\n{"lr": 0.1}\n')
+    with pytest.raises(DnasError, match="metrics.jsonl:2: epoch is missing"):
+        read_metrics(tmp_path / "metrics.jsonl")
+
+
+def test_finished_false_is_not_finished(tmp_path):
+    """result.json's ``finished`` may be true/false (a training) or a time (a search): false is not finished."""
+    from dnas.errors import DnasError
+    from dnas.rundir import require_finished, run_finished
+    (tmp_path / "result.json").write_text(json.dumps({"space": "nb201", "finished": False}))
+    assert not run_finished(tmp_path)
+    with pytest.raises(DnasError, match="has not finished"):
+        require_finished(tmp_path)
+    (tmp_path / "result.json").write_text(json.dumps({"space": "nb201", "finished": True}))
+    assert run_finished(tmp_path)
+
+
+def test_read_config_needs_a_space_name_and_truncate_keeps_the_epochs_before(tmp_path):
+    from dnas.errors import DnasError
+    from dnas.rundir import read_config, read_metrics, truncate_metrics
+    (tmp_path / "config.json").write_text(json.dumps({"space": 5}))
+    with pytest.raises(DnasError, match="not a dnas run configuration"):
+        read_config(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(4)))
+    truncate_metrics(tmp_path, 2)  # epochs 2, 3 are redone
+    assert [r["epoch"] for r in read_metrics(tmp_path / "metrics.jsonl")] == [0, 1]
+
+
+def test_only_resume_says_already_finished_and_puts_a_lost_selection_back(tmp_path, capsys):
+    """--force on finished work does the work again: no "already finished" line (a plain select of a finished
+    selection is refused). A selection whose result.json entry was lost (killed between its two writes) is
+    put back by --resume."""
+    run = tmp_path / "run"
+    assert run_cli(["search", "--out", str(run), *TINY], capsys)[0] == 0
+    code, _, err = run_cli(["search", "--out", str(run), *TINY, "--force"], capsys)
+    assert code == 0 and "already finished" not in err, err
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude", "--quiet"], capsys)
+    assert code == 2 and "already exists" in err and "already finished" not in err, err
+    code, _, err = run_cli(["select", str(run), "--method", "magnitude", "--quiet", "--force"], capsys)
+    assert code == 0 and "already finished" not in err, err
+    result = json.loads((run / "result.json").read_text())
+    saved = result["selections"].pop("magnitude")
+    (run / "result.json").write_text(json.dumps(result))
+    code, out, err = run_cli(["select", str(run), "--method", "magnitude", "--resume", "--quiet"], capsys)
+    assert code == 0 and "already finished" in err, err
+    assert json.loads((run / "result.json").read_text())["selections"]["magnitude"] == saved
+    train = [*(a.replace("{tmp}/a", str(tmp_path / "t")) for a in TRAIN_NB201),
+             "--epochs", "1", "--channels", "4", "--layers", "1", "--subset", "100", "--test-subset", "50", "--quiet"]
+    assert run_cli(train, capsys)[0] == 0
+    code, _, err = run_cli([*train, "--force"], capsys)
+    assert code == 0 and "already finished" not in err, err
+
+
+def test_a_resumed_search_restarted_meanwhile_builds_its_supernet(tmp_path, monkeypatch):
+    """Finished at the first look (so nothing was built), not under the lock (a --force restart came between):
+    the search builds its supernet then and runs."""
+    import dnas.search.run as search_mod
+    from dnas.search import make_config, run_search
+    cfg = make_config("darts1", space="nb201", dataset="synthetic", epochs=1, channels=4, cells=1,
+                      out=str(tmp_path / "run"))
+    first = run_search(cfg, quiet=True)
+    answers = iter([True])
+    monkeypatch.setattr(search_mod, "run_finished", lambda run: next(answers, False))
+    again = run_search(cfg, resume=True, quiet=True)
+    assert again["genotype"] == first["genotype"] and again["finished"]
+
+
+def test_only_out_of_memory_becomes_the_cli_memory_line(monkeypatch, capsys):
+    """The CLI's last-resort handler turns out-of-memory into one line; any other bug keeps its traceback."""
+    import dnas.evaluate.query as query_mod
+
+    def bug(*a, **k):
+        raise KeyError("a bug")
+    monkeypatch.setattr(query_mod, "query_architecture", bug)
+    with pytest.raises(KeyError, match="a bug"):
+        run_cli(["query", "--space", "nb201", "--arch", NB201_ARCH], capsys)

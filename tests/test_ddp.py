@@ -223,3 +223,19 @@ def test_torchrun_bad_option_prints_one_line(tmp_path):
     lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if "dnas: error" in ln]
     assert lines == ["dnas: error: --epochs must be >= 1, got 0"], proc.stderr[-3000:]
     assert proc.returncode != 0 and not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("env, says", [
+    ({}, True),
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "0", "RANK": "2"}, True),  # rank 0 of machine 2
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "1"}, False),
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "1", "RANK": "1"}, True),  # another launcher: every rank says it
+    ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "two", "LOCAL_RANK": "1"}, True),  # a bad variable: say it
+])
+def test_which_processes_print_the_cli_errors(monkeypatch, env, says):
+    from dnas.launch import reports_errors
+    for var in ("WORLD_SIZE", "LOCAL_WORLD_SIZE", "LOCAL_RANK", "RANK"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    assert reports_errors() is says

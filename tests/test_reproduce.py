@@ -366,3 +366,129 @@ def test_local_jobs_on_a_gpu_machine_each_get_their_own_gpu(tmp_path, monkeypatc
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5,7,bad")
     assert execute.gpu_slots("cuda") == ["5", "7"]
     assert execute.gpu_slots("cpu") == [] and execute.gpu_slots("cuda:1") == []
+
+
+def _search_job(out):
+    from dnas.reproduce import get_protocol
+    from dnas.reproduce.jobs import plan
+    return next(j for j in plan(get_protocol("smoke"), [0]) if j.kind == "search")
+
+
+def test_a_search_job_is_finished_only_when_its_result_says_so(tmp_path):
+    from dnas.reproduce.jobs import is_finished, run_dir, selection_file
+    job = _search_job(tmp_path)
+    selection_file(tmp_path, job).parent.mkdir(parents=True)
+    selection_file(tmp_path, job).write_text(json.dumps({"genotype": "x"}))
+    (run_dir(tmp_path, job) / "result.json").write_text(json.dumps({"space": "nb201"}))  # written, not finished
+    assert not is_finished(tmp_path, job)
+    (run_dir(tmp_path, job) / "result.json").write_text(json.dumps({"space": "nb201", "finished": "2026-01-01"}))
+    assert is_finished(tmp_path, job)
+
+
+def test_a_status_file_of_the_wrong_type_is_no_status(tmp_path):
+    from dnas.reproduce.execute import _mark_interrupted
+    from dnas.reproduce.jobs import STATUS, job_dir, read_status
+    job_dir(tmp_path, "j").mkdir(parents=True)
+    (job_dir(tmp_path, "j") / STATUS).write_text("[1, 2]")
+    assert read_status(tmp_path, "j") == {}
+    # a hand-edited seconds must not hide the stop
+    (job_dir(tmp_path, "j") / STATUS).write_text(json.dumps({"state": "running", "seconds": "lots"}))
+    _mark_interrupted(tmp_path, "j", 3.0)
+    status = read_status(tmp_path, "j")
+    assert status["state"] == "interrupted" and status["seconds"] == 3.0
+    (job_dir(tmp_path, "j") / STATUS).write_text(json.dumps({"state": "failed", "seconds": 1.0}))
+    _mark_interrupted(tmp_path, "j", 3.0)  # only a running job is marked
+    assert read_status(tmp_path, "j") == {"state": "failed", "seconds": 1.0}
+
+
+def test_failure_reasons_tell_exit_codes_from_signals(tmp_path):
+    from dnas.reproduce.execute import _failure
+    from dnas.reproduce.jobs import job_dir
+    job_dir(tmp_path, "j").mkdir(parents=True)
+    assert _failure(tmp_path, "j", 0) == "exit 0"  # ended, but its output is missing
+    assert _failure(tmp_path, "j", 3) == "exit 3"
+    assert _failure(tmp_path, "j", -15) == "killed by SIGTERM"
+    (job_dir(tmp_path, "j") / "log.txt").write_text("== 2026 j: attempt 1 on h\n")  # nothing said since
+    assert _failure(tmp_path, "j", -9) == "killed by SIGKILL"
+
+
+def test_ray_reachability_check_strips_the_client_scheme_and_leaves_portless_addresses_to_ray():
+    import socket
+    from dnas.reproduce.execute import _check_reachable
+    with socket.socket() as server:
+        server.bind(("", 0))  # a cluster address (not ray://) is resolved as ray.init does: localhost -> node IP
+        server.listen()
+        port = server.getsockname()[1]
+        _check_reachable(f"ray://127.0.0.1:{port}", timeout=5)  # a Ray client address that answers
+        _check_reachable(f"127.0.0.1:{port}", timeout=5)
+    _check_reachable("ray://head-node")  # no port: nothing to check here
+    with pytest.raises(DnasError, match="nothing answers at 127.0.0.1:1"):
+        _check_reachable("ray://127.0.0.1:1", timeout=5)
+
+
+def _worker(monkeypatch, job_dir):
+    import signal
+
+    from dnas.reproduce import worker
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # leave pytest's SIGTERM handler alone
+    return worker.main([str(job_dir)])
+
+
+def test_a_worker_refuses_a_job_file_of_the_wrong_type(tmp_path, monkeypatch, capsys):
+    (tmp_path / "job.json").write_text("[]")
+    assert _worker(monkeypatch, tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"dnas: error: {tmp_path / 'job.json'}: not a dnas job (a JSON object with its kind)"
+    assert not (tmp_path / "status.json").exists()
+
+
+def test_a_worker_out_of_memory_is_a_users_size_exit_2(tmp_path, monkeypatch, capsys):
+    from dnas.reproduce import worker
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "job.json").write_text(json.dumps({"kind": "zeros"}))
+
+    def oom(*a, **k):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3000000000 bytes")
+    monkeypatch.setattr(worker, "run_job", oom)
+    assert _worker(monkeypatch, tmp_path / "j") == 2
+    status = json.loads((tmp_path / "j" / "status.json").read_text())
+    line = "out of memory in job j: could not allocate 3 GB; lower the protocol's sizes"
+    assert status["state"] == "failed" and status["error"] == line
+    assert f"dnas: error: {line}" in capsys.readouterr().err
+
+
+def test_reproduce_checks_the_protocol_again_once_it_has_the_lock(tmp_path, monkeypatch):
+    """Another reproduce with other settings wrote protocol.json between this one's first check and its lock."""
+    import contextlib
+
+    import dnas.reproduce as rep
+    from dnas.reproduce import get_protocol
+    out = tmp_path / "o"
+    other = {**get_protocol("smoke").to_json(), "epochs": 7}
+    real = rep._exclusive
+
+    @contextlib.contextmanager
+    def raced(path):
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "protocol.json").write_text(json.dumps(other))
+        with real(path):
+            yield
+    monkeypatch.setattr(rep, "_exclusive", raced)
+    with pytest.raises(DnasError, match="other settings.*epochs"):
+        rep.reproduce("smoke", out, seeds=[0], workers=1, quiet=True)
+    assert json.loads((out / "protocol.json").read_text()) == other and not (out / "jobs").exists()
+
+
+def test_reproduce_keeps_the_protocol_json_it_finds(tmp_path, monkeypatch):
+    """A later run into the same directory (other seeds, say) leaves the first one's protocol.json as it is."""
+    import dnas.reproduce as rep
+    from dnas.reproduce import get_protocol
+    from dnas.reproduce.execute import Outcome
+    out = tmp_path / "o"
+    out.mkdir()
+    first = json.dumps({**get_protocol("smoke").to_json(), "seeds": [7, 8], "summary": "the first run's"})
+    (out / "protocol.json").write_text(first)
+    monkeypatch.setattr(rep, "run_jobs", lambda *a, **k: Outcome([], {}, {}, []))
+    monkeypatch.setattr(rep, "write_report", lambda *a, **k: None)
+    rep.reproduce("smoke", out, seeds=[0], workers=1, quiet=True)
+    assert (out / "protocol.json").read_text() == first

@@ -1155,3 +1155,19 @@ def test_a_finished_selection_is_kept_without_force(tmp_path, capsys):
     ckpt.write_bytes(b"an interrupted progressive ostr")
     assert cli_main(["select", str(run), "--method", "ostr", "--quiet"]) == 2
     assert "--resume to continue it or --force to start over" in capsys.readouterr().err and ckpt.exists()
+
+
+def test_selection_from_json_turns_null_scores_back_into_nan_floats():
+    """Not only numpy (whose float arrays read None as NaN): the scores are Python floats, so a tensor can hold
+    them and ``math.isnan`` holds at exactly the unscored ops."""
+    from dnas.select import Selection
+    from dnas.spaces import get_space
+    space = get_space("nb201")
+    genotype = "|nor_conv_3x3~0|+|skip_connect~0|skip_connect~1|+|avg_pool_3x3~0|skip_connect~1|avg_pool_3x3~2|"
+    row = [0.5, None, 1.0, None, 2.0]
+    sel = Selection.from_json(space, {"method": "pt", "space": "nb201", "genotype": genotype,
+                                      "scores": {"cell": [row] * 6}})
+    table = sel.scores["cell"]
+    assert all(isinstance(v, float) for r in table for v in r)
+    assert [math.isnan(v) for v in table[0]] == [False, True, False, True, False]
+    assert torch.tensor(table).shape == (6, 5)
