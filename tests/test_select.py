@@ -1155,6 +1155,10 @@ def test_a_finished_selection_is_kept_without_force(tmp_path, capsys):
     ckpt.write_bytes(b"an interrupted progressive ostr")
     assert cli_main(["select", str(run), "--method", "ostr", "--quiet"]) == 2
     assert "--resume to continue it or --force to start over" in capsys.readouterr().err and ckpt.exists()
+    before = _files(run)  # nor by a one-shot ostr --resume, which used to finish and then delete it
+    assert cli_main(["select", str(run), "--method", "ostr", "--resume", "--quiet"]) == 2
+    assert "continue it with --resume --option progressive=true" in capsys.readouterr().err
+    assert _files(run) == before
 
 
 def test_selection_from_json_turns_null_scores_back_into_nan_floats():

@@ -193,6 +193,10 @@ def select_ostr(run: "SearchRun | None", ctx: "SelectionContext") -> Selection:
         ignored = sorted(k for k in ctx.options if k in SCHEDULE_DEFAULTS)
         if ignored:
             raise DnasError(f"ostr: option(s) {', '.join(ignored)} only apply with progressive=true")
+    if not opts["progressive"] and ctx.resume and ctx.checkpoint is not None and ctx.checkpoint.exists():
+        # A one-shot --resume would finish and then delete the progressive selection's saved progress.
+        raise DnasError(f"ostr: an interrupted progressive selection is saved in {ctx.checkpoint}; continue it with "
+                        "--resume --option progressive=true (and its other options) or use --force to start over")
     if opts["include_none"] and run is not None and run.space.family != "nb201":
         raise DnasError("ostr: include_none only applies to NB201 (DARTS genotypes never keep none)")
     positive_int("ostr", "batches", opts["batches"], allow_none=True)
