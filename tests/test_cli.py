@@ -688,14 +688,14 @@ def test_an_update_that_changes_nothing_leaves_result_json_alone(tmp_path):
 ])
 def test_check_fields_refuses_each_wrong_type(obj, fields, needle):
     from dnas.errors import DnasError
-    from dnas.rundir import check_fields
+    from dnas.schema import check_fields
     with pytest.raises(DnasError) as info:
         check_fields(obj, fields, "f.json")
     assert str(info.value).startswith("f.json: ") and needle in str(info.value), str(info.value)
 
 
 def test_check_fields_accepts_the_types_json_writes():
-    from dnas.rundir import check_fields
+    from dnas.schema import check_fields
     ok = {"lr": 1, "betas": [0, 0.9], "cost": {"s": None, "t": 2}, "g": {"normal": []}, "epochs": 3}
     assert check_fields(ok, {"lr": float, "betas": tuple[float, float], "cost": dict[str, float | None],
                              "g": str | dict, "epochs": int}, "f") is ok

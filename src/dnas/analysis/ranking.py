@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..checks import check_seed
 from ..errors import DnasError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, read_jsonl, to_json
-from ..rundir import check_fields, require_finished, run_lock
+from ..rundir import require_finished, run_lock
+from ..schema import check_fields
 from ..spaces import Genotype, Space
 from . import metrics as M
 from .table import TruthTable, load_truth, read_arch_list

@@ -37,9 +37,10 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, check_fields, does_not_fit, environment, fitting,
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, does_not_fit, environment, fitting,
                       load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state,
                       run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+from ..schema import check_fields
 from ..spaces import get_space
 from ..supernet import check_bn_batches, check_resolution
 from ..tensorboard import tb_log

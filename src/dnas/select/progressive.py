@@ -47,8 +47,9 @@ from tqdm.auto import tqdm
 from ..data.core import derive_seed
 from ..errors import DnasError
 from ..tensorboard import tb_log
-from ..rundir import (CHECKPOINT, CONFIG, changed_settings, check_fields, does_not_fit, fitting, load_checkpoint,
+from ..rundir import (CHECKPOINT, CONFIG, changed_settings, does_not_fit, fitting, load_checkpoint,
                       log_metrics, truncate_metrics)
+from ..schema import check_fields
 from ..spaces import Space
 from ..spaces.darts import NODE_EDGES
 from ..search import cosine_lr

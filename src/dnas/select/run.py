@@ -59,7 +59,7 @@ class SelectionContext:
         """The saved state when resuming, else None (and RNG restored with it). An interrupted selection is
         never discarded silently: without ``resume`` it takes ``force``.
 
-        The state must hold ``fields`` of their types (``rundir.check_fields``; ``required`` ones present) and
+        The state must hold ``fields`` of their types (``schema.check_fields``; ``required`` ones present) and
         pass ``check`` (the selector's own: its options, its run, its supernet); a checkpoint that does not is
         one DnasError naming it, raised before anything is restored or written, that says --force starts over."""
         if self.checkpoint is None or not self.checkpoint.exists():
