@@ -447,6 +447,18 @@ def _worker(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def add_size_args(p: argparse.ArgumentParser) -> None:
+    """The supernet / network sizes and the device, as every benchmark here takes them (defaults: the issue's
+    C=16, batch 64, 32x32, NB201 N=5, 8 DARTS cells, 2 CPU threads)."""
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--channels", type=int, default=16)
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--nb201-cells", type=int, default=5, help="NB201 N (cells per stage)")
+    p.add_argument("--darts-cells", type=int, default=8, help="DARTS-space layers")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", nargs="+", choices=("nb201", "darts"), default=["nb201", "darts"])
@@ -457,13 +469,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=10, help="timed iterations per implementation (after warm-up)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed iterations first (default: 2 per fresh process, 1 in-process)")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--nb201-cells", type=int, default=5, help="NB201 N (cells per stage)")
-    p.add_argument("--darts-cells", type=int, default=8, help="DARTS-space layers")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    add_size_args(p)
     p.add_argument("--amp", choices=("bf16",), default=None, help="autocast dtype (CUDA)")
     p.add_argument("--matmul-n", type=int, default=2048, help="size of the reference fp32 matmul")
     p.add_argument("--isolation", choices=("process", "none"), default=None,
@@ -493,12 +499,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def start(benchmark: str, args: argparse.Namespace, **extra) -> Callable[[dict], None] | None:
-    """Print a run's header line and return the JSON-line printer; None (after an error line) when
-    ``--device cuda`` has no CUDA. Shared with the sibling benchmarks."""
+def run_benchmark(benchmark: str, args: argparse.Namespace, run_space: Callable[..., None], **extra) -> int:
+    """Print a run's header line, then ``run_space(space, args, emit)`` for every ``--space``; exit code 2 (after
+    an error line) when ``--device cuda`` has no CUDA. Shared with the sibling benchmarks."""
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(json.dumps({"error": "--device cuda but CUDA is not available"}))
-        return None
+        return 2
 
     def emit(row: dict) -> None:
         print(json.dumps(row), flush=True)
@@ -506,7 +512,9 @@ def start(benchmark: str, args: argparse.Namespace, **extra) -> Callable[[dict],
     emit({"benchmark": benchmark, "date": datetime.date.today().isoformat(), "torch": torch.__version__,
           "device": device_label(args.device, args.threads), "threads": args.threads, **extra,
           "python": platform.python_version(), "load_avg": [round(v, 2) for v in os.getloadavg()]})
-    return emit
+    for space in args.space:
+        run_space(space, args, emit)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -515,12 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(args)
         return 0
-    emit = start("supernet_step", args)
-    if emit is None:
-        return 2
-    for space in args.space:
-        run_space(space, args, emit)
-    return 0
+    return run_benchmark("supernet_step", args, run_space)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ except ImportError:  # run from a fresh clone without an editable install
     from dnas.spaces import get_space
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from supernet_step import _progress, device_label, start  # noqa: E402  (the sibling benchmark's helpers)
+from supernet_step import _progress, add_size_args, device_label, run_benchmark  # noqa: E402  (the sibling benchmark's helpers)
 
 IMPLS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 # A typical NB201 cell (3x3 and 1x1 convs, skip, pool) and DARTS-V2 (Liu et al., 2019).
@@ -150,13 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--impls", nargs="+", choices=tuple(IMPLS), default=list(IMPLS))
     p.add_argument("--iters", type=int, default=10, help="timed iterations per implementation (after warm-up)")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations first")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--channels", type=int, default=16)
-    p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--nb201-cells", type=int, default=5, help="NB201 N (cells per stage)")
-    p.add_argument("--darts-cells", type=int, default=8, help="DARTS-space layers")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
+    add_size_args(p)
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="wall: time.perf_counter; cpu: time.process_time (CPU only)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 2 iterations, 1 thread: a smoke run")
@@ -176,12 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    emit = start("train_step", args, clock=args.clock)
-    if emit is None:
-        return 2
-    for space in args.space:
-        run_space(space, args, emit)
-    return 0
+    return run_benchmark("train_step", args, run_space, clock=args.clock)
 
 
 if __name__ == "__main__":
