@@ -263,12 +263,12 @@ def test_a_killed_job_is_reported_as_killed(tmp_path):
 
 def test_finished_output_wins_over_exit_code_and_one_run_per_directory(tmp_path):
     from dnas.errors import DnasError
-    from dnas.reproduce.execute import _exclusive
+    from dnas.reproduce.execute import output_lock
 
     jobs = plan(get_protocol("smoke"), [0])
     res = run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs, killed_after_output={"darts1-s0"}), workers=2, quiet=True)
     assert not res.failed and not res.blocked and "darts1-s0-pt" in res.done  # the output decides
-    with _exclusive(tmp_path):
+    with output_lock(tmp_path):
         with pytest.raises(DnasError, match="in use by another reproduce run"):
             run_jobs(jobs, tmp_path, FakePool(tmp_path, jobs), workers=1, quiet=True)
 
@@ -306,10 +306,10 @@ def test_a_second_reproduce_writes_nothing_before_it_has_the_lock(tmp_path):
     """Two reproduce runs into one new directory at once: the one that does not get the lock must not write its
     protocol.json (it used to, before failing on the lock, replacing the other one's), nor say anything before
     its refusal (it printed its "N jobs, ..., output DIR" header)."""
-    from dnas.reproduce.execute import _exclusive
+    from dnas.reproduce.execute import output_lock
     out = tmp_path / "o"
     said = []
-    with _exclusive(out):  # the other reproduce, between taking its lock and writing its protocol.json
+    with output_lock(out):  # the other reproduce, between taking its lock and writing its protocol.json
         with pytest.raises(DnasError, match="in use by another reproduce run"):
             reproduce("smoke", out, seeds=[0], workers=1, say=said.append)
     assert sorted(p.name for p in out.iterdir()) == [".lock"] and said == []
@@ -465,7 +465,7 @@ def test_reproduce_checks_the_protocol_again_once_it_has_the_lock(tmp_path, monk
     from dnas.reproduce import get_protocol
     out = tmp_path / "o"
     other = {**get_protocol("smoke").to_json(), "epochs": 7}
-    real = rep._exclusive
+    real = rep.output_lock
 
     @contextlib.contextmanager
     def raced(path):
@@ -473,7 +473,7 @@ def test_reproduce_checks_the_protocol_again_once_it_has_the_lock(tmp_path, monk
         (path / "protocol.json").write_text(json.dumps(other))
         with real(path):
             yield
-    monkeypatch.setattr(rep, "_exclusive", raced)
+    monkeypatch.setattr(rep, "output_lock", raced)
     with pytest.raises(DnasError, match="other settings.*epochs"):
         rep.reproduce("smoke", out, seeds=[0], workers=1, quiet=True)
     assert json.loads((out / "protocol.json").read_text()) == other and not (out / "jobs").exists()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..checks import check_seed
 from ..errors import DnasError
 from ..io import atomic_write_json, read_json
-from .execute import LocalPool, Outcome, RayPool, _exclusive, gpu_slots, run_jobs
+from .execute import LocalPool, Outcome, RayPool, output_lock, gpu_slots, run_jobs
 from .jobs import Job, plan
 from .protocols import PAPER, PROTOCOLS, PaperNumber, Protocol, get_protocol
 from .report import write_report
@@ -135,7 +135,7 @@ def reproduce(protocol: str | Protocol, out: str | Path, *, seeds: list[int] | N
         return Reproduction(write_report(out, proto, seeds, jobs, table), None, jobs)
     # One reproduce per output directory, from before protocol.json is written: a second one started at the same
     # time must not replace the first one's protocol.json (then fail on the lock) or run its jobs twice.
-    with _exclusive(out):
+    with output_lock(out):
         _check_out_dir(out, proto, report_only)  # again under the lock: the other one may have written it
         if not (out / PROTOCOL_FILE).exists():
             atomic_write_json(out / PROTOCOL_FILE, proto.to_json())

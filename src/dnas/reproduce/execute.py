@@ -205,15 +205,15 @@ class Outcome:
 def run_jobs(jobs: list[Job], out: Path, pool: Any, workers: int, *, quiet: bool = False,
              say: Callable[[str], None] = lambda msg: None, locked: bool = False) -> Outcome:
     """Run every unfinished job, at most ``workers`` at once, dependencies first, one per lock. ``locked``:
-    the caller holds the output directory's lock (``_exclusive``; a second one would be refused)."""
+    the caller holds the output directory's lock (``output_lock``; a second one would be refused)."""
     out = Path(out)
     if locked:
         return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
-    with _exclusive(out):
+    with output_lock(out):
         return _run_jobs(jobs, out, pool, workers, quiet=quiet, say=say)
 
 
-def _exclusive(out: Path):
+def output_lock(out: Path):
     """One ``reproduce`` per output directory at a time (a second would run jobs twice and race on them)."""
     from ..rundir import file_lock
     return file_lock(out / ".lock", wait=False,
