@@ -99,7 +99,7 @@ def test_smoke_on_a_local_ray_instance(tmp_path, table):
     ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'dnas[ray]'")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a leftover cluster
     try:
-        address = ray.get_runtime_context().gcs_address
+        address = ray.get_runtime_context().gcs_address  # also passes the reachability probe (gRPC reply)
         out = tmp_path / "smoke-ray"
         proc = subprocess.run([sys.executable, "-m", "dnas", "reproduce", "smoke", "--out", str(out), "--seeds", "0",
                                "--ray", address, "--table", table, "--quiet"],
@@ -412,18 +412,53 @@ def test_failure_reasons_tell_exit_codes_from_signals(tmp_path):
     assert _failure(tmp_path, "j", -9) == "killed by SIGKILL"
 
 
-def test_ray_reachability_check_strips_the_client_scheme_and_leaves_portless_addresses_to_ray():
+def _fake_server(reply: bytes | None):
+    """A listening socket on a free port that answers a connection's first bytes with ``reply`` (None: never;
+    empty: it hangs up)."""
     import socket
+    import threading
+    server = socket.socket()
+    server.bind(("", 0))  # a cluster address (not ray://) is resolved as ray.init does: localhost -> node IP
+    server.listen()
+    held = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed
+                return
+            held.append(conn)
+            if reply is not None:
+                conn.recv(64)
+                conn.sendall(reply) if reply else conn.close()
+    threading.Thread(target=serve, daemon=True).start()
+    return server, server.getsockname()[1]
+
+
+def test_ray_reachability_check_strips_the_client_scheme_and_leaves_portless_addresses_to_ray():
     from dnas.reproduce.execute import _check_reachable
-    with socket.socket() as server:
-        server.bind(("", 0))  # a cluster address (not ray://) is resolved as ray.init does: localhost -> node IP
-        server.listen()
-        port = server.getsockname()[1]
+    server, port = _fake_server(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # a gRPC server's SETTINGS frame
+    with server:
         _check_reachable(f"ray://127.0.0.1:{port}", timeout=5)  # a Ray client address that answers
         _check_reachable(f"127.0.0.1:{port}", timeout=5)
     _check_reachable("ray://head-node")  # no port: nothing to check here
     with pytest.raises(DnasError, match="nothing answers at 127.0.0.1:1"):
         _check_reachable("ray://127.0.0.1:1", timeout=5)
+
+
+@pytest.mark.parametrize("reply", [None, b"HTTP/1.1 400 Bad Request\r\n\r\n", b""], ids=["silent", "http1", "closes"])
+def test_a_port_that_answers_but_is_no_ray_cluster_is_refused_within_the_timeout(reply):
+    """ray.init retried such an address for minutes (40 s per attempt measured), printing C++ warnings."""
+    import time
+
+    from dnas.reproduce.execute import _check_reachable
+    server, port = _fake_server(reply)
+    with server:
+        t0 = time.time()
+        with pytest.raises(DnasError, match=f"127.0.0.1:{port} answers, but not as a Ray cluster"):
+            _check_reachable(f"ray://127.0.0.1:{port}", timeout=1)
+        assert time.time() - t0 < 5
 
 
 def _worker(monkeypatch, job_dir):

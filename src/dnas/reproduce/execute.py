@@ -115,10 +115,18 @@ class LocalPool:
         self.gpu_of.clear()
 
 
+# HTTP/2's client preface and an empty SETTINGS frame: a gRPC server (Ray's GCS, its client server) answers
+# with a SETTINGS frame of its own (frame type 4, the 4th byte of the 9-byte frame header).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_H2_SETTINGS = 4
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Refuse a cluster address where nothing answers: ``ray.init`` (which has no timeout) retries one for
-    minutes, printing connection warnings. ``auto`` and ``local`` (nothing to check, or nothing yet) are left
-    to Ray, which fails fast on them; a port that answers but is no Ray cluster is too."""
+    """Refuse a cluster address where no Ray cluster answers. ``ray.init`` (which has no timeout) retries an
+    address where nothing answers for minutes, and one that answers but does not speak Ray's gRPC for as
+    long, printing connection warnings. So: connect, send HTTP/2's opening and expect a gRPC server's reply.
+    ``auto`` and ``local`` (nothing to check, or nothing yet) and portless addresses are left to Ray, which
+    fails fast on them; with ``RAY_USE_TLS`` set the plain-text probe is skipped after the connect."""
     target: str | None = address[len("ray://"):] if address.startswith("ray://") else address
     if not address.startswith("ray://"):
         try:  # what ray.init connects to: "auto" resolved to the running cluster, localhost to this node's IP
@@ -132,10 +140,26 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
     if not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise DnasError(f"cannot connect to the Ray cluster at {address!r}: nothing answers at {target} "
                         f"({e.strerror or e})") from None
+    with conn:
+        if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):
+            return
+        reply = b""
+        try:
+            conn.sendall(_H2_PREFACE)
+            while len(reply) < 9:
+                chunk = conn.recv(9 - len(reply))
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:  # a timeout or a reset: no gRPC server there
+            pass
+    if len(reply) < 9 or reply[3] != _H2_SETTINGS:
+        raise DnasError(f"cannot connect to the Ray cluster at {address!r}: {target} answers, but not as a Ray "
+                        f"cluster (no gRPC reply within {timeout:g} s)")
 
 
 class RayPool:
