@@ -9,8 +9,8 @@ from ..spaces.ops import FactorizedReduce
 from . import fast_ops
 from .arch_state import ArchState
 from .darts import MULTIPLIER, STEPS, DartsSearchCell, DartsSupernet
-from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, can_group, conv, depthwise,
-                       fan_out, shared_batch_norm)
+from .fast_ops import (CHANNELS_LAST, MixingWeights, accumulate, batch_norm, can_group, cat_channels, conv,
+                       depthwise, fan_out, shared_batch_norm)
 
 _KIND = {"none": "none", "noise": "noise", "skip_connect": "skip", "max_pool_3x3": "max", "avg_pool_3x3": "avg",
          "sep_conv_3x3": "sep", "sep_conv_5x5": "sep", "dil_conv_3x3": "dil", "dil_conv_5x5": "dil"}
@@ -86,7 +86,7 @@ def _sep(relu: torch.Tensor, op: torch.nn.Module, scale: torch.Tensor) -> torch.
 
 
 def _factorized_reduce(relu: torch.Tensor, fr: FactorizedReduce, scale: torch.Tensor) -> torch.Tensor:
-    z = torch.cat([conv(relu, fr.conv_1), conv(relu[:, :, 1:, 1:], fr.conv_2)], dim=1)
+    z = cat_channels([conv(relu, fr.conv_1), conv(relu[:, :, 1:, 1:], fr.conv_2)])
     return batch_norm(z, fr.bn, scale)
 
 
@@ -156,7 +156,7 @@ class FastDartsCell(DartsSearchCell):
             states[-1] = torch.zeros_like(ref)
         if self.node_bns is not None:
             states[-1] = self.node_bns[-1](states[-1])
-        return torch.cat(states[-MULTIPLIER:], dim=1)
+        return cat_channels(states[-MULTIPLIER:])
 
     def _pool_terms(self, x: torch.Tensor, uses: list[tuple[int, int, int]], mw: MixingWeights,
                     states: list[torch.Tensor | None], terms: list) -> None:

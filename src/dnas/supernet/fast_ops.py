@@ -271,6 +271,36 @@ def fan_out(acc: list[torch.Tensor | None],
         acc[d] = out
 
 
+class _CatChannels(torch.autograd.Function):
+    """``torch.cat(xs, 1)`` whose backward hands each input a dense channels-last gradient.
+
+    Autograd's own cat backward returns channel slices of the output's gradient: strided views, which
+    reach the BN backward of every term summed into a cell's output nodes. ATen's channels-last BN
+    backward is ~10x slower on such a view than on a dense tensor (8.2-8.5 vs 0.5-0.75 ms at
+    32x16x32x32, 1 thread), so one copy per node here is much cheaper. Written in differentiable ops:
+    double backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, *xs: torch.Tensor) -> torch.Tensor:
+        ctx.sizes = [x.shape[1] for x in xs]
+        return torch.cat(xs, dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        parts = grad.split(ctx.sizes, dim=1)
+        fmt = CHANNELS_LAST if grad.dim() == 4 else torch.contiguous_format
+        return tuple(p.contiguous(memory_format=fmt) if need else None
+                     for p, need in zip(parts, ctx.needs_input_grad))
+
+
+def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along channels; each input's gradient comes back dense (see ``_CatChannels``)."""
+    if not torch.is_grad_enabled() or not any(x.requires_grad for x in xs):
+        return torch.cat(xs, dim=1)
+    return _CatChannels.apply(*xs)
+
+
 def sum_pool3x3(x: torch.Tensor) -> torch.Tensor:
     """Σ over each 3x3 window (zero padding), as a depthwise conv: faster than ``avg_pool2d`` fw + bw."""
     c = x.shape[1]
