@@ -613,6 +613,106 @@ def test_a_resumed_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, fi
     assert _files(tmp_path) == before
 
 
+class _RunsCode:
+    """A pickle that runs a command when unpickled (what a checkpoint from someone else could hold)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("kind, command", [
+    ("search", ["search", "--out", "{run}", *TINY, "--resume"]),
+    ("search", ["select", "{run}", "--method", "magnitude", "--force"]),  # a finished search's supernet
+    ("train", [*TRAIN_NB201, "--epochs", "1", "--channels", "4", "--layers", "1", "--subset", "100",
+               "--test-subset", "50", "--quiet", "--resume"]),
+])
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys, finished_runs, kind, command):
+    """Checkpoints load as tensors and plain data only: one that would run code when unpickled is one line naming
+    the file, the object and DNAS_TRUST_CHECKPOINTS, exit 2, and its code never runs (torch.load ran it)."""
+    import shutil
+
+    import torch
+    shutil.copytree(finished_runs, tmp_path, dirs_exist_ok=True)
+    run, marker = tmp_path / kind, tmp_path / "marker"
+    if command[0] != "select":
+        (run / "result.json").unlink()  # unfinished: --resume reads the checkpoint
+    state = torch.load(run / "checkpoint.pt", weights_only=False)
+    torch.save({**state, "epoch_note": _RunsCode(marker)}, run / "checkpoint.pt")
+    before = _files(tmp_path)
+    code, _, err = run_cli([a.replace("{run}", str(run)).replace("{tmp}/a", str(run)) for a in command], capsys)
+    assert not marker.exists()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{run / 'checkpoint.pt'}: refused: it holds posix.system" in err and "DNAS_TRUST_CHECKPOINTS=1" in err
+    assert _files(tmp_path) == before
+
+
+def test_checkpoints_hold_only_what_weights_only_loading_reads(finished_runs):
+    """A search's and a training's checkpoints load with torch.load(weights_only=True), nothing allow-listed: the
+    RNG states are tensors and plain numbers (numpy's used to be an array, which only full unpickling reads)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    from dnas.rundir import rng_state, set_rng_state
+    for kind in ("search", "train"):
+        state = torch.load(finished_runs / kind / "checkpoint.pt", weights_only=True)
+        assert isinstance(state["rng"]["numpy"][1], list) and len(state["rng"]["numpy"][1]) == 624
+    saved = rng_state()
+    draws = (np.random.random(3).tolist(), np.random.standard_normal(), random.random(), torch.rand(2))
+    set_rng_state(saved)
+    again = (np.random.random(3).tolist(), np.random.standard_normal(), random.random(), torch.rand(2))
+    assert draws[:3] == again[:3] and torch.equal(draws[3], again[3])
+
+
+def test_trusting_checkpoints_loads_what_is_refused_otherwise(tmp_path, monkeypatch):
+    """DNAS_TRUST_CHECKPOINTS=1 loads a file holding other objects (full unpickling); an earlier version's numpy RNG
+    state loads without it, except on a torch without safe_globals (< 2.5), where it is refused in one line."""
+    from fractions import Fraction
+
+    import numpy as np
+    import torch
+
+    from dnas.errors import DnasError
+    from dnas.io import torch_load
+    odd, legacy = tmp_path / "odd.pt", tmp_path / "legacy.pt"
+    torch.save({"x": Fraction(1, 3)}, odd)
+    torch.save({"numpy": np.random.get_state()}, legacy)
+    with pytest.raises(DnasError, match=r"odd\.pt: refused: it holds fractions\.Fraction, .*DNAS_TRUST_CHECKPOINTS=1"):
+        torch_load(odd)
+    assert torch_load(legacy)["numpy"][1].dtype == np.uint32
+    monkeypatch.delattr(torch.serialization, "safe_globals")
+    with pytest.raises(DnasError, match=r"legacy\.pt: refused: it holds numpy\."):
+        torch_load(legacy)
+    monkeypatch.setenv("DNAS_TRUST_CHECKPOINTS", "1")
+    assert torch_load(odd) == {"x": Fraction(1, 3)}
+    assert torch_load(legacy)["numpy"][1].dtype == np.uint32
+
+
+@pytest.mark.parametrize("kind, finished", [("search", True), ("search", False), ("train", True), ("train", False)])
+def test_an_unknown_key_in_a_resumed_config_is_one_line(tmp_path, capsys, finished_runs, kind, finished):
+    """A typo in a hand-edited config.json ("epochz") is refused on --resume of a search or training, finished or
+    not (only `select` refused it; resuming ignored it), naming the file and the key; nothing is written."""
+    import shutil
+    shutil.copytree(finished_runs, tmp_path, dirs_exist_ok=True)
+    run = tmp_path / kind
+    if not finished:
+        (run / "result.json").unlink()
+    path = run / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "epochz": 3}))
+    before = _files(tmp_path)
+    args = ["search", "--out", str(run), *TINY] if kind == "search" else \
+        [*(a.replace("{tmp}/a", str(run)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4", "--layers", "1",
+         "--subset", "100", "--test-subset", "50", "--quiet"]
+    code, _, err = run_cli([*args, "--resume"], capsys)
+    assert code == 2 and err.strip() == f'dnas: error: {path}: unknown setting "epochz"', err
+    assert _files(tmp_path) == before
+
+
 def test_is_out_of_memory_recognizes_exactly_the_allocators_errors():
     import torch
     from dnas.errors import OutOfMemory, is_out_of_memory

@@ -210,6 +210,33 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
     assert [r["epoch"] for r in lines] == [0, 1, 2]
 
 
+def test_a_checkpoint_of_an_earlier_version_resumes_exactly(tmp_path, monkeypatch):
+    """Checkpoints written before they held only plain data (numpy's RNG key as an array) still resume, bit for bit;
+    the resumed run writes the new form, which torch loads with weights_only=True and nothing allow-listed."""
+    import numpy as np
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    run_search(tiny(full, epochs=3), quiet=True)
+    real = Searcher.train_epoch
+
+    def dying(self, epoch, *a, **k):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        return real(self, epoch, *a, **k)
+
+    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(tiny(cut, epochs=3), quiet=True)
+    monkeypatch.setattr(Searcher, "train_epoch", real)
+    state = torch.load(cut / "checkpoint.pt", weights_only=False)
+    name, key, *rest = state["rng"]["numpy"]
+    state["rng"]["numpy"] = (name, np.asarray(key, dtype=np.uint32), *rest)  # as np.random.get_state() gives it
+    torch.save(state, cut / "checkpoint.pt")
+    run_search(tiny(cut, epochs=3), resume=True, quiet=True)
+    (sa, ga), (sb, gb) = _final_state(full), _final_state(cut)
+    assert ga == gb and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert isinstance(torch.load(cut / "checkpoint.pt", weights_only=True)["rng"]["numpy"][1], list)
+
+
 def test_fixed_mode_keeps_alpha(tmp_path):
     init = build_run(tiny(None, mode="fixed", epochs=1)).model.arch.alphas["cell"].detach().clone()
     run_search(tiny(tmp_path / "r", mode="fixed", epochs=1), quiet=True)

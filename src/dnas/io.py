@@ -1,10 +1,13 @@
 """Atomic file writes: a temp file in the same folder, then rename, so nothing is ever half-written."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
+import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
@@ -104,14 +107,46 @@ def read_json(path: str | Path) -> Any:
         raise DnasError(f"{path}: not valid JSON ({e})") from None
 
 
+TRUST_CHECKPOINTS = "DNAS_TRUST_CHECKPOINTS"  # =1: load checkpoints with full unpickling (trusted files only)
+
+
+def _legacy_globals() -> list[Any]:
+    """What checkpoints of earlier dnas versions hold beyond plain data: numpy's RNG state, a uint32 array.
+    An array's unpickling calls only numpy's own reconstruction (no code named by the file)."""
+    import numpy as np
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+# torch's refusal of an object it may not build names it in one of these forms (torch 2.3 to 2.13)
+_REFUSED = re.compile(r"GLOBAL (\S+)|Unsupported class (\S+)|but got <class '([^']+)'>")
+
+
 def torch_load(path: str | Path) -> Any:
-    """Load a checkpoint; a missing or corrupt file is a DnasError."""
+    """Load a checkpoint: tensors and plain data only (``weights_only``), as unpickling anything else can run code
+    the file names; dnas's own checkpoints hold nothing else. A missing or corrupt file, or one holding other
+    objects, is a DnasError; the latter loads with ``DNAS_TRUST_CHECKPOINTS=1`` (only for files one trusts)."""
     path = Path(path)
     if not path.exists():
         raise DnasError(f"{path}: checkpoint not found")
+    if os.environ.get(TRUST_CHECKPOINTS) == "1":
+        allowed, weights_only = contextlib.nullcontext(), False
+    else:  # torch >= 2.5 can allow earlier versions' numpy RNG state; older torch refuses those files (below)
+        scoped = getattr(torch.serialization, "safe_globals", None)
+        allowed, weights_only = (scoped(_legacy_globals()) if scoped else contextlib.nullcontext()), True
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with allowed:
+            return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # torch raises many types for a truncated/corrupt file
+        refused = _REFUSED.search(str(e)) if isinstance(e, pickle.UnpicklingError) else None
+        if refused:
+            name = next(g for g in refused.groups() if g)
+            raise DnasError(f"{path}: refused: it holds {name}, which is neither a tensor nor plain data and could "
+                            f"run code when loaded; if you trust the file (say, a checkpoint of an earlier dnas "
+                            f"version), load it with {TRUST_CHECKPOINTS}=1") from None
         raise DnasError(f"{path}: corrupt checkpoint ({type(e).__name__})") from None
 
 

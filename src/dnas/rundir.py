@@ -68,9 +68,10 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
 
     An existing non-empty directory is never touched without ``resume`` (continue it) or ``force``
     (start over, only for a dnas run). With ``resume`` the saved config must match the requested one on
-    every key that shapes the run, and its values must have the types of ``settings`` (the config
-    dataclass, see ``check_settings``). ``check_only``: all the checks, nothing written or deleted (call it
-    before slow setup that can fail, then again for real, so a failed start never costs the old run).
+    every key that shapes the run, and its keys must be fields of ``settings`` (the config dataclass, see
+    ``check_settings``) holding values of their types. ``check_only``: all the checks, nothing written or
+    deleted (call it before slow setup that can fail, then again for real, so a failed start never costs the
+    old run).
     """
     run = Path(path)
     if resume and force:
@@ -88,7 +89,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
             if len(shared) < len(config) / 2:  # e.g. `train --resume` on a search run
                 raise DnasError(f"{run}: --resume on a different kind of run (its {CONFIG} lacks most of "
                                 f"this command's settings)")
-            if settings is not None:  # a hand-edited wrong type says so, not "different settings"
+            if settings is not None:  # a hand-edited wrong type or unknown key says so, not "different settings"
                 check_settings(saved, settings, run / CONFIG)
             diff = changed_settings(saved, config)
             if diff:
@@ -128,14 +129,18 @@ def changed_settings(saved: Mapping[str, Any], config: Mapping[str, Any]) -> lis
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state, as tensors and plain data (what ``torch_load`` reads): numpy's key array as a list."""
+    name, key, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": (name, key.tolist(), int(pos), int(has_gauss), float(gauss)),
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any], where: Any = "checkpoint") -> None:
-    """Restore ``rng_state()``; a malformed one (a hand-made checkpoint) is a DnasError naming ``where``."""
+    """Restore ``rng_state()`` (or an earlier version's, with numpy's key as an array); a malformed one (a
+    hand-made checkpoint) is a DnasError naming ``where``."""
     with fitting(where, "rng is not the RNG states dnas saves (torch, numpy, python)"):
         torch.set_rng_state(state["torch"])
         np.random.set_state(state["numpy"])
@@ -211,7 +216,7 @@ def truncate_metrics(run: str | Path, keep_until: int, key: str = "epoch", name:
 
 def read_config(run: str | Path, settings: type | None = None) -> dict[str, Any]:
     """RUN/config.json, which must be a JSON object naming the run's space; with ``settings`` (the config
-    dataclass of the run's kind) its fields must have their types (``check_settings``)."""
+    dataclass of the run's kind) it holds only its fields, with their types (``check_settings``)."""
     path = Path(run) / CONFIG
     config = read_json(path)
     if not isinstance(config, dict) or not isinstance(config.get("space"), str):

@@ -87,5 +87,11 @@ def _show(value: Any) -> str:
 
 def check_settings(config: Any, settings: type, where: Any) -> dict[str, Any]:
     """A saved config (``settings``: its dataclass, e.g. SearchConfig, TrainConfig): every field it holds has
-    its annotated type (unknown keys are left to the dataclass's own reader)."""
-    return check_fields(config, typing.get_type_hints(settings), where, what="a dnas run configuration")
+    its annotated type, and it holds no other key (a typo in a hand edit would otherwise be ignored). Fields
+    added since a run was written may be missing."""
+    hints = typing.get_type_hints(settings)
+    check_fields(config, hints, where, what="a dnas run configuration")
+    unknown = sorted(k for k in config if k not in hints)
+    if unknown:
+        raise DnasError(f"{where}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(map(_show, unknown))}")
+    return config
