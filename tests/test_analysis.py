@@ -276,6 +276,30 @@ def test_one_ranking_at_a_time_per_run(tiny_run, tmp_path):
     with run_lock(tiny_run, shared=True):  # a selection on the same run may go on meanwhile
         assert rank_run(tiny_run, s, quiet=True, plot=False, force=True)["evaluated"] == 2
 
+def test_ranking_force_keeps_the_old_records_until_a_new_one_is_computed(tiny_run, tmp_path, capsys, monkeypatch):
+    """`analyze ranking --force` discards the old records only once the first new record is computed: running
+    out of memory in the first evaluation, or Ctrl-C there, leaves analysis/ as it was (the records were
+    deleted and the new settings written before the first evaluation)."""
+    import dnas.analysis.ranking as R
+    s = RankingSettings(samples=2, table=str(_fake_table(tmp_path, {a: 1.0 for a in ARCHS}, "t.csv")),
+                        bn_batches=1, valid_batches=1)
+    rank_run(tiny_run, s, quiet=True, plot=False, force=True)
+    files = lambda: {p: p.read_bytes() for p in (tiny_run / "analysis").rglob("*")  # noqa: E731
+                     if p.is_file() and not p.name.endswith(".lock")}
+    before = files()
+    args = ["analyze", "ranking", str(tiny_run), "--samples", "3", "--table", s.table, "--bn-recalibrate", "1",
+            "--valid-batches", "1", "--seed", "5", "--quiet", "--no-plot", "--force"]
+    for exc, code in ((MemoryError(), 2), (KeyboardInterrupt(), 130)):
+        with monkeypatch.context() as m:
+            m.setattr(R, "evaluate_genotype", lambda *a, e=exc, **k: (_ for _ in ()).throw(e))
+            assert main(args) == code
+        assert files() == before, exc
+    capsys.readouterr()
+    assert main(args) == 0
+    assert len(read_records(tiny_run / "analysis" / "ranking.jsonl")) == 3
+    assert json.loads((tiny_run / "analysis" / "ranking.settings.json").read_text())["seed"] == 5
+
+
 def test_bn_recalibration_forwards_the_requested_number_of_full_batches(tiny_run, tmp_path, monkeypatch):
     """The w half of tiny_run has 80 images: 2 full batches of 32 per epoch. --bn-recalibrate 5 must forward 5
     batches of 32 (not 2 + a partial one of 16, weighted like a full one, while the summary says 5)."""

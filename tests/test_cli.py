@@ -457,6 +457,37 @@ def test_out_of_memory_is_one_line_naming_the_sizes_and_keeps_the_old_run(tmp_pa
         one_line(["query", "--space", "nb201", "--arch", NB201_ARCH], "in dnas query")
 
 
+@pytest.mark.parametrize("command", ["search", "train"])
+def test_force_keeps_the_old_run_until_the_first_epoch_has_run(tmp_path, capsys, command):
+    """--force clears an old run only once the new run's first epoch has finished: running out of memory in its
+    first training step, or Ctrl-C during it, leaves every file of the old run as it was (it used to be deleted
+    before the first step); a start that succeeds replaces the old run entirely."""
+    import torch
+
+    import dnas.evaluate.train as train_mod
+    from dnas.search import Searcher
+
+    out = tmp_path / "run"
+    if command == "search":
+        args, target, step = ["search", "--out", str(out), *TINY], Searcher, "train_epoch"
+    else:
+        args = [*(a.replace("{tmp}/a", str(out)) for a in TRAIN_NB201), "--epochs", "1", "--channels", "4",
+                "--layers", "1", "--subset", "100", "--test-subset", "50", "--quiet"]
+        target, step = train_mod, "train_one_epoch"
+    assert run_cli(args, capsys)[0] == 0
+    files = lambda: {p: p.read_bytes() for p in out.rglob("*") if p.is_file() and p.suffix != ".lock"}  # noqa: E731
+    before = files()
+    for exc, code in ((torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), 2),
+                      (KeyboardInterrupt(), 130)):
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(target, step, _oom(exc))
+            assert run_cli([*args, "--seed", "1", "--force"], capsys)[0] == code
+        assert files() == before, exc
+    assert run_cli([*args, "--seed", "1", "--force"], capsys)[0] == 0
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
+
+
 def test_parse_options_keeps_config_json_standard(capsys):
     """--option values end up in config.json, which is standard JSON: 1e999 (inf) is refused, NaN and Infinity
     are not numbers."""

@@ -83,6 +83,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                           subset=32, test_subset=30, quiet=True, device="cpu")
         result = train_network(cfg, Path(out) / "run", ctx=ctx)
         (Path(out) / f"result_rank{rank}.json").write_text(json.dumps(result))
+        # --force over an old run: every rank takes part when rank 0 clears it, after the first epoch
+        train_network(cfg, Path(out) / "forced", ctx=ctx)
+        train_network(dataclasses.replace(cfg, seed=1), Path(out) / "forced", force=True, ctx=ctx)
         s4 = make_config("s4", S4_NOISE, "synthetic", epochs=1, channels=4, layers=3, batch_size=GLOBAL_BATCH,
                          subset=32, test_subset=20, resolution=16, drop_path=0.0, quiet=True, device="cpu")
         train_network(s4, Path(out) / "s4", ctx=ctx)  # two steps per rank: fails if DDP expects every gradient
@@ -126,6 +129,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
         assert not [w for w in json.loads((tmp_path / f"warnings_rank{r}.json").read_text()) if "Grad strides" in w]
     assert len(torch.load(run / "checkpoint.pt", weights_only=False)["rank_rng"]) == 2
     assert json.loads((tmp_path / "s4" / "result.json").read_text())["world_size"] == 2
+    assert json.loads((tmp_path / "forced" / "config.json").read_text())["seed"] == 1
+    assert len((tmp_path / "forced" / "metrics.jsonl").read_text().splitlines()) == 1
     one = [json.loads((tmp_path / f"one_rank{r}.json").read_text()) for r in range(2)]
     assert one[0]["test_acc"] == one[1]["test_acc"] in (0.0, 100.0)  # one image, counted once
 

@@ -1089,6 +1089,47 @@ def test_a_selection_checkpoint_that_does_not_fit_is_one_line(tmp_path, capsys, 
         assert not ckpt.exists() and (run / "selections" / "pt.json").exists()
 
 
+def test_force_keeps_saved_selection_progress_until_the_new_selection_starts(tmp_path, capsys, interrupted_pt,
+                                                                              monkeypatch):
+    """`select --force` replaces an interrupted selection's checkpoint and tune log (or a finished one's) only at
+    the new selection's first save: bad options, a search checkpoint it cannot continue, running out of memory
+    in the first decision or Ctrl-C there leave every file as it was (the checkpoint was deleted and the tune log
+    emptied before all but the option checks)."""
+    from dnas.select import pt as pt_mod
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_pt, run)
+
+    def refused(args, code=2, needle=""):
+        before = _files(run)
+        assert cli_main(["select", str(run), *PT_TINY, *args, "--force"]) == code
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+        assert _files(run) == before
+
+    refused(["--option", "criterion=nope"], needle="criterion='nope' must be one of")
+    refused(["--option", "bogus=1"], needle="unknown option(s) bogus")
+    refused(["--device", "cuda:99"], needle="--device cuda:99")
+    search_ckpt = run / "checkpoint.pt"
+    saved = search_ckpt.read_bytes()
+    state = torch.load(search_ckpt, weights_only=False)
+    del state["searcher"]["a_opt"]
+    torch.save(state, search_ckpt)
+    refused([], needle="searcher.a_opt is missing")
+    search_ckpt.write_bytes(saved)
+    for exc, code, needle in ((torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), 2,
+                               "out of memory selecting with pt"), (KeyboardInterrupt(), 130, "interrupted")):
+        with monkeypatch.context() as m:
+            m.setattr(pt_mod.PtDecider, "op", lambda *a, e=exc, **k: (_ for _ in ()).throw(e))
+            refused([], code, needle)
+    assert cli_main(["select", str(run), *PT_TINY, "--force"]) == 0
+    log = (run / "selections" / "pt.tune.jsonl").read_text()
+    assert not (run / "selections" / "pt.ckpt.pt").exists()
+    assert [json.loads(line)["epoch"] for line in log.splitlines()] == list(range(6))  # the new run's only
+    with monkeypatch.context() as m:  # a finished selection: its tune log too stays until the first save
+        m.setattr(pt_mod.PtDecider, "op", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+        refused([], 2, "out of memory")
+
+
 def test_a_selection_checkpoint_from_before_tune_rng_resumes_as_it_began(tmp_path, monkeypatch):
     """An interrupted selection saved before the tune_rng option (no tune_rng in its options; its tuning had
     restarted the search's stream) is refused by a default --resume with one line that says how to finish it,

@@ -71,15 +71,15 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
     every key that shapes the run, and its keys must be fields of ``settings`` (the config dataclass, see
     ``check_settings``) holding values of their types. ``check_only``: all the checks, nothing written or
     deleted (call it before slow setup that can fail, then again for real, so a failed start never costs the
-    old run).
+    old run; a run that replaces an old one calls it for real only once its first epoch has run, see
+    ``holds_files``).
     """
     run = Path(path)
     if resume and force:
         raise DnasError("--resume and --force exclude each other")
     if run.exists() and not run.is_dir():
         raise DnasError(f"{run} is a file, not a run directory")
-    # Temporary files of an interrupted atomic write (a kill can leave one behind) and lock files are not content.
-    exists = run.exists() and any(not _scratch(p) for p in run.iterdir())
+    exists = holds_files(run)
     if resume:
         if not (run / CONFIG).exists():
             raise DnasError(f"{run}: nothing to resume (no {CONFIG})")
@@ -113,6 +113,17 @@ def prepare_run_dir(path: str | Path, *, resume: bool, force: bool, config: dict
     if config is not None:
         atomic_write_json(run / CONFIG, config)
     return run
+
+
+def holds_files(path: str | Path) -> bool:
+    """Whether ``path`` is a directory with content, which ``prepare_run_dir`` with ``force`` would delete.
+
+    A run that replaces an old one (``--force``) calls ``prepare_run_dir`` only once its first epoch has
+    finished, just before its first write: a start that fails (out of memory in the first step) or is
+    interrupted keeps the old run."""
+    run = Path(path)
+    # Temporary files of an interrupted atomic write (a kill can leave one behind) and lock files are not content.
+    return run.is_dir() and any(not _scratch(p) for p in run.iterdir())
 
 
 def _scratch(p: Path) -> bool:

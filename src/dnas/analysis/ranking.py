@@ -240,10 +240,18 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
                  "acc_column": table.acc_column}
         if (out / SETTINGS).exists() and not force and read_json(out / SETTINGS) != ident:
             raise DnasError(f"{out / RECORDS} was made with other settings; use --force to start the ranking over")
-        if force and (out / RECORDS).exists():
-            (out / RECORDS).unlink()
-        done = {r["arch"]: r for r in read_records(out / RECORDS)}  # checked before the settings are written
-        atomic_write_json(out / SETTINGS, ident)
+        done = {} if force else {r["arch"]: r for r in read_records(out / RECORDS)}  # checked before any write
+        pending = True
+
+        def begin() -> None:
+            """Before the first record: --force discards the old ones only now that a new one is computed (a
+            start that fails, e.g. out of memory, or is interrupted keeps them); then the settings they are for."""
+            nonlocal pending
+            if pending:
+                if force and (out / RECORDS).exists():
+                    (out / RECORDS).unlink()  # before the settings: old records never sit under new settings
+                atomic_write_json(out / SETTINGS, ident)
+            pending = False
 
         recal, valid = _loaders(run, settings)
         model = run.model
@@ -252,8 +260,10 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
             r = evaluate_genotype(model, run.space, g, valid=valid(), recalibration=recal)
             rec = {"arch": str(g), "supernet_acc": r.acc, "supernet_loss": r.loss, "truth": truth,
                    "seconds": round(r.seconds, 4)}
+            begin()
             append_jsonl(out / RECORDS, rec)
             done[str(g)] = rec
+        begin()
         records = [done[str(g)] for g, _ in todo]
         summary = summarize(records, table, population=population)
         summary.update(run=str(run_dir), space=run.space.name, device=str(run.device), settings=asdict(settings),

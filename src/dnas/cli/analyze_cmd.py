@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--bn-batch-size", type=int, help="batch size for recalibration (default: the search's)")
     r.add_argument("--valid-batches", type=int, help="evaluate on only this many validation batches")
     r.add_argument("--device", help="cpu, cuda or auto (default: the run's)")
-    r.add_argument("--force", action="store_true", help="discard earlier ranking records of this run")
+    r.add_argument("--force", action="store_true",
+                   help="discard earlier ranking records of this run (once the first new one is computed)")
     _table_args(r)
     _common(r)
     r.set_defaults(func=_ranking)

@@ -61,7 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="continue an interrupted run (a finished one is left as it is; with --select: selectors "
                         "that finished are not rerun)")
     p.add_argument("--force", action="store_true",
-                   help="start over: an existing dnas run directory is deleted once the new run has been set up")
+                   help="start over: an existing dnas run directory is deleted once the new run's first epoch has "
+                        "finished (a failed or interrupted start keeps it)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     p.set_defaults(func=_run)
 

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "options is left as it is (with other options it runs again)")
     p.add_argument("--force", action="store_true",
                    help="select again, replacing a finished selection (RUN/selections/<method>.json) or discarding "
-                        "an interrupted one; without RUN: overwrite --out")
+                        "an interrupted one (its progress stays until the new selection's first decision is saved); "
+                        "without RUN: overwrite --out")
     p.add_argument("--device", help="auto, cpu or cuda (default: the run's device)")
     p.add_argument("--out", help="without RUN: also write the selection JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (a finished one is left as it is)")
-    p.add_argument("--force", action="store_true", help="start over: an existing --out is deleted once the new run has been set up")
+    p.add_argument("--force", action="store_true",
+                   help="start over: an existing --out is deleted once the new run's first epoch has finished (a "
+                        "failed or interrupted start keeps it)")
     p.set_defaults(func=run)
 
 

@@ -23,6 +23,7 @@ import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, does_not_fit, environment, fitting,
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, does_not_fit, environment, fitting, holds_files,
                       load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state,
                       run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
 from ..schema import check_fields
@@ -376,7 +377,18 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
                   "flops_M": round(count_flops(model, (1, train_set.channels, train_set.resolution,
                                                        train_set.resolution)) / 1e6, 6)}
     cfg_dict = asdict(config)
-    _on_main(ctx, lambda: prepare_run_dir(run, resume=resume, force=force, config=cfg_dict, settings=TrainConfig))
+    prepare = partial(prepare_run_dir, run, resume=resume, force=force, config=cfg_dict, settings=TrainConfig)
+    # --force over an old run: checked again here, but cleared only by begin(), once the first epoch has run
+    # (an out-of-memory error or Ctrl-C in it keeps the old run). Every rank calls begin(): rank 0 prepares.
+    replacing = _on_main(ctx, lambda: force and holds_files(run))
+    _on_main(ctx, lambda: prepare(check_only=replacing))
+
+    def begin() -> None:  # before the first write into run
+        nonlocal replacing
+        if replacing:
+            _on_main(ctx, prepare)
+        replacing = False
+
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
     # Drop-path masks and other training noise: a stream of their own per rank.
     torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank))
@@ -454,6 +466,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
             bar.set_postfix(epoch=epoch, loss=f"{tr['loss']:.3f}",
                             test=f"{last_test['acc']:.2f}" if last_test else "-")
             rngs = ctx.gather(rng_state())
+            begin()
             if ctx.is_main:
                 log_metrics(run, record)
                 tb_log(run, record, epoch, "train")
@@ -475,6 +488,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
               "finished": True}
     if benchmark is not None:
         result["benchmark"] = benchmark
+    begin()
     if ctx.is_main:
         result = update_result(run, **result)
     ctx.barrier()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -13,10 +14,10 @@ from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError, memory_limits
 from ..io import atomic_write_json
-from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, environment, fitting, load_checkpoint, log_metrics,
-                      prepare_run_dir, read_config, read_metrics, read_result, resolve_device, run_finished, run_lock,
-                      save_checkpoint, seed_everything, selection_summary, set_rng_state, truncate_metrics,
-                      update_result)
+from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, environment, fitting, holds_files, load_checkpoint,
+                      log_metrics, prepare_run_dir, read_config, read_metrics, read_result, resolve_device,
+                      run_finished, run_lock, save_checkpoint, seed_everything, selection_summary, set_rng_state,
+                      truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet, check_bn_batches
@@ -149,15 +150,25 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
     config.check()
     get_space(config.space)
     check_mode_applied(config)
-    prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), check_only=True,
-                    settings=SearchConfig)
+    prepare = partial(prepare_run_dir, config.out, resume=resume, force=force, config=config.to_json(),
+                      settings=SearchConfig)
+    prepare(check_only=True)
     # Data and model first: a start that fails leaves the directory as it was. A finished run needs neither.
     run = None if resume and run_finished(config.out) else build_run(config)
     searcher = None if run is None else run.searcher(quiet=quiet)
     # One search per run directory: a second (say `--resume` started twice) would append every epoch to
     # metrics.jsonl again and overwrite the first one's checkpoints. Checked again under the lock.
     with run_lock(config.out):
-        out = prepare_run_dir(config.out, resume=resume, force=force, config=config.to_json(), settings=SearchConfig)
+        # --force over an old run: checked again here, but cleared only by begin(), once the first epoch has run
+        replacing = force and holds_files(config.out)
+        out = prepare(check_only=replacing)
+
+        def begin() -> None:  # before the first write into out
+            nonlocal replacing
+            if replacing:
+                prepare()
+            replacing = False
+
         if resume and run_finished(out):  # its final selection and time stay as they are
             return read_result(out)
         if run is None or searcher is None:  # finished at the first look, restarted (--force) since
@@ -179,11 +190,13 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
                     m.update(valid_loss=v["loss"], valid_acc=v["acc"])
             genotype = select_magnitude(run.model.arch).genotype
             record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
+            begin()
             log_metrics(out, record)
             tb_log(out, record, epoch, "search")
             save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
             if on_epoch is not None:
                 on_epoch(record)
+        begin()
         sel = select_magnitude(run.model.arch)
         entry = sel.to_json()
         if on_selection is not None:

@@ -259,16 +259,28 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
                          rng=sch.tune_rng == "continue")
         orders, decisions, tune_log = _orders(run, sch.seed), [], []
         start_epoch, start_unit, elapsed = 0, 0, 0.0
-    if ctx.run_dir is not None:  # only once the state is loaded: a refused checkpoint leaves the log as it was
+    # A resumed log is cut once the state is loaded (a refused checkpoint leaves it as it was). A new selection
+    # (--force) replaces the old one's log and checkpoint only at its first save, after its first decision: a
+    # start that fails (out of memory, a search checkpoint without its α optimiser) or is interrupted keeps them.
+    old_log = state is None
+    if ctx.run_dir is not None:
         (ctx.run_dir / "selections").mkdir(parents=True, exist_ok=True)
-        truncate_metrics(ctx.run_dir, start_epoch, name=log_name)
+        if not old_log:
+            truncate_metrics(ctx.run_dir, start_epoch, name=log_name)
     t0 = time.time()
+
+    def drop_old_log() -> None:
+        nonlocal old_log
+        if old_log and ctx.run_dir is not None:
+            truncate_metrics(ctx.run_dir, 0, name=log_name)
+        old_log = False
 
     def save(next_epoch: int, next_unit: int) -> None:
         ctx.save_state({"fingerprint": fingerprint, "search": search, "searcher": searcher.state_dict(),
                         "orders": orders, "decisions": decisions,
                         "tune_log": tune_log, "next_epoch": next_epoch, "next_unit": next_unit,
                         "seconds": elapsed + time.time() - t0, "forward_passes": decider.forward_passes})
+        drop_old_log()  # after the new checkpoint: a kill in between resumes it and cuts the log to its epoch
 
     bar = tqdm(range(start_epoch, plan.tune_epochs), total=plan.tune_epochs, initial=start_epoch,
                desc=f"{ctx.method} decisions+tuning", disable=ctx.quiet)
@@ -301,6 +313,7 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
         tune_log.append({"epoch": epoch, "lr": lr_now, "train_loss": m["train_loss"], "train_acc": m["train_acc"],
                          "decisions": len(decisions)})
         if ctx.run_dir is not None:
+            drop_old_log()
             log_metrics(ctx.run_dir, tune_log[-1], name=log_name)
             tb_log(ctx.run_dir, tune_log[-1], base.epochs + epoch, f"select_{ctx.method}")
         bar.set_postfix(decisions=len(decisions), train_acc=f"{m['train_acc']:.3f}")

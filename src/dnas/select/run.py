@@ -57,7 +57,8 @@ class SelectionContext:
     def load_state(self, fields: dict[str, Any], required: tuple[str, ...],
                    check: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
         """The saved state when resuming, else None (and RNG restored with it). An interrupted selection is
-        never discarded silently: without ``resume`` it takes ``force``.
+        never discarded silently: without ``resume`` it takes ``force``, and even then it stays until the new
+        selection's first ``save_state`` replaces it (a start that fails or is interrupted keeps it).
 
         The state must hold ``fields`` of their types (``schema.check_fields``; ``required`` ones present) and
         pass ``check`` (the selector's own: its options, its run, its supernet); a checkpoint that does not is
@@ -66,7 +67,6 @@ class SelectionContext:
             return None
         if not self.resume:
             self.check_saved()
-            self.checkpoint.unlink()
             return None
         from ..rundir import load_checkpoint, set_rng_state
         try:
