@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..spaces import DARTS_EDGES, CellSpec
-from ..spaces.ops import FactorizedReduce
+from ..spaces.ops import FactorizedReduce, stride2_grid
 from . import fast_ops
 from .arch_state import ArchState
 from .darts import MULTIPLIER, STEPS, DartsSearchCell, DartsSupernet
@@ -50,6 +50,10 @@ class _NodeInput:
     def relu(self) -> torch.Tensor:
         return self.get("relu", lambda: F.relu(self.x))
 
+    def grid(self, offset: int) -> torch.Tensor:
+        """The ReLU's even (0) or odd (1) stride-2 grid, dense."""
+        return self.get(f"grid{offset}", lambda: stride2_grid(self.relu, offset))
+
 
 def _depthwise(node: _NodeInput, layer: torch.nn.Conv2d) -> torch.Tensor:
     """A depthwise conv of the node's ReLU; dilation-2 ones run as plain convs on polyphase components."""
@@ -62,8 +66,7 @@ def _depthwise(node: _NodeInput, layer: torch.nn.Conv2d) -> torch.Tensor:
             phases = node.get("phases", lambda: to_phases(x))
             return from_phases(depthwise(phases, layer.weight, 1, (k - 1) // 2), x.shape[0])
         if s == 2:  # stride 2 + dilation 2 only reads the even grid
-            even = node.get("even", lambda: x[:, :, ::2, ::2].contiguous(memory_format=CHANNELS_LAST))
-            return depthwise(even, layer.weight, 1, (k - 1) // 2)
+            return depthwise(node.grid(0), layer.weight, 1, (k - 1) // 2)
     return _dw(node.relu, layer)
 
 
@@ -85,9 +88,9 @@ def _sep(relu: torch.Tensor, op: torch.nn.Module, scale: torch.Tensor) -> torch.
     return batch_norm(conv(_dw(y, b[1]), b[2]), b[3], scale)
 
 
-def _factorized_reduce(relu: torch.Tensor, fr: FactorizedReduce, scale: torch.Tensor) -> torch.Tensor:
-    z = cat_channels([conv(relu, fr.conv_1), conv(relu[:, :, 1:, 1:], fr.conv_2)])
-    return batch_norm(z, fr.bn, scale)
+def _factorized_reduce(node: _NodeInput, fr: FactorizedReduce, scale: torch.Tensor | None) -> torch.Tensor:
+    """The node's FactorizedReduce; its two grids are shared by every one leaving the node."""
+    return batch_norm(cat_channels(list(fr.halves(node.grid(0), node.grid(1)))), fr.bn, scale)
 
 
 class FastDartsCell(DartsSearchCell):
@@ -113,7 +116,9 @@ class FastDartsCell(DartsSearchCell):
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, mw: MixingWeights) -> torch.Tensor:
         live = mw.live
-        states: list[torch.Tensor | None] = [self.pre0(s0), self.pre1(s1)] + [None] * STEPS
+        pre0 = _factorized_reduce(_NodeInput(s0), self.pre0, None) if isinstance(self.pre0, FactorizedReduce) \
+            else self.pre0(s0)
+        states: list[torch.Tensor | None] = [pre0, self.pre1(s1)] + [None] * STEPS
         ref = states[1][:, :, ::2, ::2] if self.reduction else states[1]
         noise = self._noise(ref, live) if self.has_noise else {}
         for j in range(2 + STEPS - 1):
@@ -144,7 +149,7 @@ class FastDartsCell(DartsSearchCell):
                     if kind == "dil":
                         term = batch_norm(conv(_depthwise(node, op[1]), op[2]), op[3], scale)
                     elif kind == "skip":
-                        term = _factorized_reduce(node.relu, op, scale)
+                        term = _factorized_reduce(node, op, scale)
                     else:
                         term = _sep(node.relu, op, scale)
                     accumulate(states, dst, term)
