@@ -286,6 +286,26 @@ def test_search_cli_exposes_the_optimiser_and_split_settings():
     assert cfg.train_portion == 0.7
 
 
+def test_every_option_with_a_default_names_it_in_its_help():
+    """The README sends users to --help for the defaults (`dnas search --help` lists each option's default)."""
+    import argparse
+
+    from dnas.cli import build_parser
+
+    def unnamed(parser, prog):
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    yield from unnamed(sub, f"{prog} {name}")
+            elif a.option_strings and not isinstance(a.default, bool) and a.default not in (None, "", [],
+                                                                                         argparse.SUPPRESS):
+                text = a.help or ""  # flags (False), optional values (None) and lists of repeats name none
+                if "default" not in text or str(a.default) not in text:
+                    yield f"{prog} {a.option_strings[-1]} (default {a.default!r}): {text!r}"
+
+    assert list(unnamed(build_parser(), "dnas")) == []
+
+
 def test_os_errors_name_the_file_and_keep_what_was_written(tmp_path, capsys, monkeypatch):
     """A full disk or a read-only folder: one line naming the file that could not be written (not a
     temporary file, not no file at all), exit 2, and the files already there unchanged."""

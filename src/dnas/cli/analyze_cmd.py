@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**63 - 1 (default 0)")
     r.add_argument("--archs", help="file with one architecture per line instead of sampling")
     r.add_argument("--bn-recalibrate", type=int, default=10, metavar="B",
-                   help="training batches to re-estimate BN statistics per architecture (0: keep the supernet's)")
+                   help="training batches to re-estimate BN statistics per architecture (default 10; 0: keep the "
+                        "supernet's)")
     r.add_argument("--bn-batch-size", type=int, help="batch size for recalibration (default: the search's)")
     r.add_argument("--valid-batches", type=int, help="evaluate on only this many validation batches")
     r.add_argument("--device", help="cpu, cuda or auto (default: the run's)")
@@ -40,14 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     pl.add_argument("run", help="search run directory")
     pl.add_argument("--out", help="output folder (default RUN/analysis)")
     pl.add_argument("--engine", default="auto", choices=("auto", "graphviz", "matplotlib"),
-                    help="cell drawings: graphviz when installed (auto), or matplotlib")
+                    help="cell drawings: graphviz when installed, else matplotlib (default auto)")
     pl.set_defaults(func=_plots)
 
     g = sp.add_parser("genotype", help="draw one genotype as a PNG")
     g.add_argument("genotype", help="NB201 arch string or DARTS Genotype(...) text")
-    g.add_argument("--space", default="nb201")
+    g.add_argument("--space", default="nb201", help="the genotype's search space (default nb201)")
     g.add_argument("--out", required=True, help="PNG path")
-    g.add_argument("--engine", default="auto", choices=("auto", "graphviz", "matplotlib"))
+    g.add_argument("--engine", default="auto", choices=("auto", "graphviz", "matplotlib"),
+                   help="graphviz when installed, else matplotlib (default auto)")
     g.set_defaults(func=_genotype)
 
     t = sp.add_parser("tensorboard", help="export metrics and fine-tuning logs to TensorBoard event files")

@@ -30,8 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="NB201: cells per stage N (default 5); DARTS spaces: total cells, >= 3 (default 8; spos 20); "
                         "digits/synthetic: 1 / 3")
     p.add_argument("--subset", type=int, help="use N training images (class-balanced, seeded)")
-    p.add_argument("--resolution", type=int, help="resize images to R x R")
-    p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)}")
+    p.add_argument("--resolution", type=int,
+                   help="resize images to R x R, a multiple of 4 (default: the data's own size)")
+    p.add_argument("--mode", default="darts1", help=f"training mode: {', '.join(MODES)} (default darts1)")
     g = p.add_argument_group("optimiser and split (default: the mode's paper settings; see README)")
     for flag, typ, what in (("--lr", float, "w: initial SGD learning rate (0.025; spos on NB201 0.1)"),
                             ("--lr-min", float, "w: final cosine learning rate (0.001; spos 0, per mini-batch)"),
@@ -53,8 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="DARTS spaces: BN on every node's sum (DARTS-PRIME's network; the prime mode's default)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of everything random in the search, -2**63 .. 2**63 - 1 (default 0; README: Seeds)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--select", default="", help="comma-separated selection methods to run afterwards")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--select", default="",
+                   help="comma-separated selection methods to run afterwards, with their default options "
+                        "(others: dnas select RUN --method M --option ...)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="mode option (e.g. schedfreq=10); repeatable")
     p.add_argument("--resume", action="store_true",

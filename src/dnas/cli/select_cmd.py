@@ -12,7 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("select", help="select an architecture from a trained supernet",
                        description="Run a selection method on a search run directory; writes RUN/selections/"
                                    "<method>.json and adds it to RUN/result.json. A method already selected on RUN "
-                                   "(magnitude: by the search) is kept unless --force. Training-free methods (zeros) "
+                                   "(magnitude: by the search) is refused unless --force (selects again) or --resume "
+                                   "(leaves a finished one as it is). Training-free methods (zeros) "
                                    "also run without RUN, given --space.")
     p.add_argument("run", nargs="?", help="search run directory (omit for training-free methods)")
     p.add_argument("--method", required=True, help="magnitude, pt, ostr or zeros")

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="the training's own seed, not the search's, -2**63 .. 2**63 - 1 (default 0)")
     p.add_argument("--data-dir", help="dataset folder (default $DNAS_DATA_DIR)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda (torchrun: cuda:LOCAL_RANK)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto; torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (a finished one is left as it is)")
     p.add_argument("--force", action="store_true",
