@@ -402,10 +402,31 @@ def test_factorized_reduce_on_dense_grids_is_the_strided_and_cropped_convs(layou
     want = darts(x)
     got = fr(x)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=layout)
     g = torch.randn_like(want)
     params = [x, *fr.parameters()]
-    for a, b in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+    grads = torch.autograd.grad(got, params, g)
+    assert grads[0].is_contiguous(memory_format=layout)  # slicing's backward would hand back NCHW
+    for a, b in zip(grads, torch.autograd.grad(want, params, g)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("offset", [0, 1])
+def test_stride2_grid_keeps_the_layout_forward_and_backward(layout, offset):
+    """The grid is a dense copy in x's layout, and its gradient comes back in x's layout too (slicing's
+    backward hands back NCHW, and every kernel downstream then converts)."""
+    from dnas.spaces.ops import stride2_grid
+    x = torch.randn(2, 3, 6, 4, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    y = stride2_grid(x, offset)
+    torch.testing.assert_close(y, x[:, :, offset::2, offset::2], rtol=0, atol=0)
+    assert y.is_contiguous(memory_format=layout)
+    g = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, g)
+    assert gx.is_contiguous(memory_format=layout)
+    want = torch.zeros_like(x)
+    want[:, :, offset::2, offset::2] = g
+    torch.testing.assert_close(gx, want, rtol=0, atol=0)
 
 
 def test_state_dicts_are_interchangeable():
