@@ -934,3 +934,42 @@ def test_only_out_of_memory_becomes_the_cli_memory_line(monkeypatch, capsys):
     monkeypatch.setattr(query_mod, "query_architecture", bug)
     with pytest.raises(KeyError, match="a bug"):
         run_cli(["query", "--space", "nb201", "--arch", NB201_ARCH], capsys)
+
+
+def test_sigterm_stops_like_ctrl_c_with_the_shells_exit_code(tmp_path, capsys, monkeypatch):
+    """SIGTERM is the same clean stop as Ctrl-C (state kept, `--resume` continues), and the exit code says which
+    signal it was, as a shell reports a process it killed: 143 (128 + 15), not Ctrl-C's 130."""
+    import os
+    import signal
+
+    from dnas.search import Searcher
+    run = tmp_path / "run"
+    args = ["search", "--out", str(run), *[a if a != "1" else "2" for a in TINY]]
+    real = Searcher.train_epoch
+
+    def terminated(self, epoch, *a, **k):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler main() installs turns it into a clean stop
+        return real(self, epoch, *a, **k)
+
+    monkeypatch.setattr(Searcher, "train_epoch", terminated)
+    code, out, err = run_cli(args, capsys)
+    assert (code, out) == (143, "") and err.strip() == "dnas: interrupted (resume with --resume)"
+    assert signal.getsignal(signal.SIGTERM) is not None  # main() put the previous handler back
+    monkeypatch.setattr(Searcher, "train_epoch", real)
+    assert run_cli([*args, "--resume"], capsys)[0] == 0
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`dnas ... | head`: when the pipe's reader has gone, the command stops without a message and with the exit
+    code of a process killed by SIGPIPE (141), as Unix tools do; it printed "dnas: error: Broken pipe" (exit 2),
+    or Python's "Exception ignored ... BrokenPipeError" (exit 120) when the output was flushed at exit."""
+    from pathlib import Path
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    proc = subprocess.Popen([sys.executable, "-m", "dnas", "query", "--space", "darts", "--genotype", DARTS_ARCH],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PYTHONPATH": src, "PATH": "/usr/bin:/bin"})
+    proc.stdout.close()  # gone before the command writes its line
+    err = proc.stderr.read().decode()
+    assert (proc.wait(timeout=120), err) == (141, "")

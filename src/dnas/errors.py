@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
@@ -13,6 +14,24 @@ class DnasError(ValueError):
 
 class OutOfMemory(DnasError, MemoryError):
     """The sizes asked for do not fit in memory. Still a MemoryError for callers that catch that."""
+
+
+class Terminated(KeyboardInterrupt):
+    """A termination signal (SIGTERM) turned into the same clean stop as Ctrl-C: work stopped, state kept."""
+
+    def __init__(self, signum: int):
+        super().__init__()
+        self.signum = signum
+
+
+def stop_on_signal(signum: int, frame: Any) -> None:
+    """A signal handler: raise ``Terminated`` in the main thread."""
+    raise Terminated(signum)
+
+
+def interrupted_exit_code(e: KeyboardInterrupt) -> int:
+    """128 + the signal that stopped us, as a shell reports a process killed by it: 130 for Ctrl-C, 143 for SIGTERM."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-from ..errors import DnasError, is_out_of_memory, memory_message
+from ..errors import DnasError, interrupted_exit_code, is_out_of_memory, memory_message, stop_on_signal
 from ..launch import reports_errors, world_size
 
 # One module per subcommand, each with ``register(subparsers)`` that sets ``func(args) -> int``.
@@ -90,15 +90,20 @@ def _threads(args: argparse.Namespace) -> int:
     return threads
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt  # SIGTERM: the same clean stop as Ctrl-C (workers stopped, state kept)
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests)
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None
+    previous = signal.signal(signal.SIGTERM, stop_on_signal) if on_main_thread else None
     try:
         if args.command != "train" and world_size() > 1:  # K copies would race on one output
             raise DnasError(f"only `dnas train` runs under torchrun; run `dnas {args.command}` as one process")
@@ -106,10 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         if threads > 0:
             import torch
             torch.set_num_threads(threads)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, not at the interpreter's exit: a reader that has left is met in this try
+        return code
     except DnasError as e:
         _say(f"dnas: error: {e}")
         return 2
+    except BrokenPipeError:  # the reader of our output left (`dnas ... | head`): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as e:
         # A path the user named clashes with the file system (a file where a folder must go, no rights,
         # a read-only or full disk).
@@ -123,10 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         line = memory_message(e, f"in dnas {args.command}", lower="its sizes (channels, batch size, resolution)")
         _say(f"dnas: error: {line}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
         _say(f"dnas: interrupted ({how})")
-        return 130
+        return interrupted_exit_code(e)
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)

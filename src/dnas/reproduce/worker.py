@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ..errors import DnasError, is_out_of_memory, memory_message
+from ..errors import DnasError, interrupted_exit_code, is_out_of_memory, memory_message, stop_on_signal
 from ..io import atomic_write_json, read_json
 from .jobs import JOB, MARK, RUN, SELECTION, STATUS, read_status_file
 
@@ -59,10 +59,6 @@ def run_job(job_dir: Path, spec: dict[str, Any]) -> Any:
     raise DnasError(f"{job_dir / JOB}: unknown job kind {kind!r}")
 
 
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dnas.reproduce.worker", description=__doc__)
     p.add_argument("job_dir")
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     import torch
     torch.set_num_threads(max(1, a.threads))
-    signal.signal(signal.SIGTERM, _interrupt)  # a terminated job still records its status
+    signal.signal(signal.SIGTERM, stop_on_signal)  # a terminated job still records its status
     job_dir = Path(a.job_dir)
     status_path = job_dir / STATUS
     try:
@@ -98,9 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dnas: error: {e}", file=sys.stderr, flush=True)
         status.update(state="failed", error=str(e))
         code = 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         status.update(state="interrupted")  # resumes on the next run
-        code = 130
+        code = interrupted_exit_code(e)
     except BaseException as e:  # noqa: BLE001  (the status must say why; the traceback goes to the log)
         if is_out_of_memory(e):  # one outside the steps that name their sizes: a user's size, as in the CLI
             line = memory_message(e, f"in job {job_dir.name}", lower="the protocol's sizes")
