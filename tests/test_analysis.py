@@ -292,8 +292,12 @@ def test_ranking_force_keeps_the_old_records_until_a_new_one_is_computed(tiny_ru
     for exc, code in ((MemoryError(), 2), (KeyboardInterrupt(), 130)):
         with monkeypatch.context() as m:
             m.setattr(R, "evaluate_genotype", lambda *a, e=exc, **k: (_ for _ in ()).throw(e))
+            capsys.readouterr()
             assert main(args) == code
         assert files() == before, exc
+        if code == 130:
+            assert f"({tiny_run / 'analysis' / 'ranking.jsonl'} still holds the old records; run the same command " \
+                   "to start over)" in capsys.readouterr().err
     capsys.readouterr()
     assert main(args) == 0
     assert len(read_records(tiny_run / "analysis" / "ranking.jsonl")) == 3

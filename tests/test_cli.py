@@ -501,8 +501,10 @@ def test_force_keeps_the_old_run_until_the_first_epoch_has_run(tmp_path, capsys,
                       (KeyboardInterrupt(), 130)):
         with pytest.MonkeyPatch.context() as m:
             m.setattr(target, step, _oom(exc))
-            assert run_cli([*args, "--seed", "1", "--force"], capsys)[0] == code
-        assert files() == before, exc
+            code_now, _, err = run_cli([*args, "--seed", "1", "--force"], capsys)
+        assert code_now == code and files() == before, exc
+        if code == 130:  # not "resume with --resume", which would continue the old run (or refuse the new settings)
+            assert err.strip() == f"dnas: interrupted ({out} still holds its old run; run the same command to start over)"
     assert run_cli([*args, "--seed", "1", "--force"], capsys)[0] == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]

@@ -10,7 +10,7 @@ import random
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -124,6 +124,27 @@ def holds_files(path: str | Path) -> bool:
     run = Path(path)
     # Temporary files of an interrupted atomic write (a kill can leave one behind) and lock files are not content.
     return run.is_dir() and any(not _scratch(p) for p in run.iterdir())
+
+
+class BeforeFirstWrite:
+    """``action`` put off until just before a command's first write, run once: ``--force`` clears the old run
+    (or the old ranking records) only then, so a start that fails (out of memory in the first step) or is
+    interrupted keeps it. Call the object before every write. ``pending=False``: nothing to put off.
+
+    ``kept`` says what an interrupt before that point leaves untouched (``mark`` attaches it to the
+    KeyboardInterrupt, for the CLI's message: its usual advice, ``--resume``, would continue the old run)."""
+
+    def __init__(self, action: Callable[[], Any], pending: bool = True, kept: str = ""):
+        self.action, self.pending, self.kept = action, pending, kept
+
+    def __call__(self) -> None:
+        if self.pending:
+            self.action()
+            self.pending = False
+
+    def mark(self, interrupt: BaseException) -> None:
+        if self.pending and self.kept and isinstance(interrupt, KeyboardInterrupt):
+            interrupt.dnas_kept = self.kept  # type: ignore[attr-defined]
 
 
 def _scratch(p: Path) -> bool:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..checks import check_seed
 from ..errors import DnasError
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, jsonable, read_json, read_jsonl, to_json
-from ..rundir import require_finished, run_lock
+from ..rundir import BeforeFirstWrite, require_finished, run_lock
 from ..schema import check_fields
 from ..spaces import Genotype, Space
 from . import metrics as M
@@ -241,28 +241,30 @@ def rank_run(run_dir: str | Path, settings: RankingSettings, *, device: str | No
         if (out / SETTINGS).exists() and not force and read_json(out / SETTINGS) != ident:
             raise DnasError(f"{out / RECORDS} was made with other settings; use --force to start the ranking over")
         done = {} if force else {r["arch"]: r for r in read_records(out / RECORDS)}  # checked before any write
-        pending = True
 
-        def begin() -> None:
+        def start() -> None:
             """Before the first record: --force discards the old ones only now that a new one is computed (a
             start that fails, e.g. out of memory, or is interrupted keeps them); then the settings they are for."""
-            nonlocal pending
-            if pending:
-                if force and (out / RECORDS).exists():
-                    (out / RECORDS).unlink()  # before the settings: old records never sit under new settings
-                atomic_write_json(out / SETTINGS, ident)
-            pending = False
+            if force and (out / RECORDS).exists():
+                (out / RECORDS).unlink()  # before the settings: old records never sit under new settings
+            atomic_write_json(out / SETTINGS, ident)
+
+        begin = BeforeFirstWrite(start, kept=f"{out / RECORDS} still holds the old records" if force else "")
 
         recal, valid = _loaders(run, settings)
         model = run.model
         left = [(g, t) for g, t in todo if str(g) not in done]
-        for g, truth in tqdm(left, desc="ranking", disable=quiet, initial=len(todo) - len(left), total=len(todo)):
-            r = evaluate_genotype(model, run.space, g, valid=valid(), recalibration=recal)
-            rec = {"arch": str(g), "supernet_acc": r.acc, "supernet_loss": r.loss, "truth": truth,
-                   "seconds": round(r.seconds, 4)}
-            begin()
-            append_jsonl(out / RECORDS, rec)
-            done[str(g)] = rec
+        try:
+            for g, truth in tqdm(left, desc="ranking", disable=quiet, initial=len(todo) - len(left), total=len(todo)):
+                r = evaluate_genotype(model, run.space, g, valid=valid(), recalibration=recal)
+                rec = {"arch": str(g), "supernet_acc": r.acc, "supernet_loss": r.loss, "truth": truth,
+                       "seconds": round(r.seconds, 4)}
+                begin()
+                append_jsonl(out / RECORDS, rec)
+                done[str(g)] = rec
+        except KeyboardInterrupt as e:
+            begin.mark(e)
+            raise
         begin()
         records = [done[str(g)] for g, _ in todo]
         summary = summarize(records, table, population=population)

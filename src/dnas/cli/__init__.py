@@ -135,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         how = "run the same command again" if args.command == "reproduce" else "resume with --resume"
-        _say(f"dnas: interrupted ({how})")
+        kept = getattr(e, "dnas_kept", None)  # a --force start stopped before it replaced anything
+        _say(f"dnas: interrupted ({kept}; run the same command to start over)" if kept
+             else f"dnas: interrupted ({how})")
         return interrupted_exit_code(e)
     finally:
         if on_main_thread:

@@ -38,9 +38,10 @@ from ..data import BatchLoader, ImageDataset, load_dataset
 from ..data.core import derive_seed
 from ..data.load import native_resolution
 from ..errors import DnasError, memory_limits
-from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, does_not_fit, environment, fitting, holds_files,
-                      load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result, rng_state,
-                      run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, METRICS, RESULT, BeforeFirstWrite, does_not_fit, environment, fitting,
+                      holds_files, load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result,
+                      rng_state, run_lock, save_checkpoint, seed_everything, set_rng_state, truncate_metrics,
+                      update_result)
 from ..schema import check_fields
 from ..spaces import get_space
 from ..supernet import check_bn_batches, check_resolution
@@ -382,13 +383,7 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
     # (an out-of-memory error or Ctrl-C in it keeps the old run). Every rank calls begin(): rank 0 prepares.
     replacing = _on_main(ctx, lambda: force and holds_files(run))
     _on_main(ctx, lambda: prepare(check_only=replacing))
-
-    def begin() -> None:  # before the first write into run
-        nonlocal replacing
-        if replacing:
-            _on_main(ctx, prepare)
-        replacing = False
-
+    begin = BeforeFirstWrite(lambda: _on_main(ctx, prepare), pending=replacing, kept=f"{run} still holds its old run")
     benchmark = _on_main(ctx, lambda: _ground_truth(space.family, genotype))
     # Drop-path masks and other training noise: a stream of their own per rank.
     torch.manual_seed(derive_seed(config.seed, MODEL_STREAM, ctx.rank))
@@ -475,6 +470,9 @@ def _train(config: TrainConfig, run: Path, ctx: DistContext, train_set: ImageDat
             ctx.barrier()
             if callback is not None:
                 callback(record)
+    except KeyboardInterrupt as e:
+        begin.mark(e)
+        raise
     finally:
         bar.close()
     if last_test is None:  # resumed a finished run whose result.json was lost: score the final weights

@@ -14,10 +14,10 @@ from ..checks import all_finite
 from ..data import BatchLoader, ImageDataset, load_dataset, split_indices
 from ..errors import DnasError, memory_limits
 from ..io import atomic_write_json
-from ..rundir import (CHECKPOINT, CONFIG, does_not_fit, environment, fitting, holds_files, load_checkpoint,
-                      log_metrics, prepare_run_dir, read_config, read_metrics, read_result, resolve_device,
-                      run_finished, run_lock, save_checkpoint, seed_everything, selection_summary, set_rng_state,
-                      truncate_metrics, update_result)
+from ..rundir import (CHECKPOINT, CONFIG, BeforeFirstWrite, does_not_fit, environment, fitting, holds_files,
+                      load_checkpoint, log_metrics, prepare_run_dir, read_config, read_metrics, read_result,
+                      resolve_device, run_finished, run_lock, save_checkpoint, seed_everything, selection_summary,
+                      set_rng_state, truncate_metrics, update_result)
 from ..select import Selection, select_magnitude
 from ..spaces import Space, get_space
 from ..supernet import build_supernet, check_bn_batches
@@ -162,13 +162,7 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
         # --force over an old run: checked again here, but cleared only by begin(), once the first epoch has run
         replacing = force and holds_files(config.out)
         out = prepare(check_only=replacing)
-
-        def begin() -> None:  # before the first write into out
-            nonlocal replacing
-            if replacing:
-                prepare()
-            replacing = False
-
+        begin = BeforeFirstWrite(prepare, pending=replacing, kept=f"{out} still holds its old run")
         if resume and run_finished(out):  # its final selection and time stay as they are
             return read_result(out)
         if run is None or searcher is None:  # finished at the first look, restarted (--force) since
@@ -181,21 +175,25 @@ def run_search(config: SearchConfig, *, resume: bool = False, force: bool = Fals
             truncate_metrics(out, searcher.epoch)
         elif resume:
             truncate_metrics(out, 0)
-        for epoch in range(searcher.epoch, config.epochs):
-            with memory_limits("training the supernet", supernet_sizes(config, run.dataset.resolution, run.device),
-                               SEARCH_SIZES):
-                m = searcher.train_epoch(epoch)
-                if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
-                    v = searcher.evaluate(run.valid_eval)
-                    m.update(valid_loss=v["loss"], valid_acc=v["acc"])
-            genotype = select_magnitude(run.model.arch).genotype
-            record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
-            begin()
-            log_metrics(out, record)
-            tb_log(out, record, epoch, "search")
-            save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
-            if on_epoch is not None:
-                on_epoch(record)
+        try:
+            for epoch in range(searcher.epoch, config.epochs):
+                sizes = supernet_sizes(config, run.dataset.resolution, run.device)
+                with memory_limits("training the supernet", sizes, SEARCH_SIZES):
+                    m = searcher.train_epoch(epoch)
+                    if config.eval_every and ((epoch + 1) % config.eval_every == 0 or epoch + 1 == config.epochs):
+                        v = searcher.evaluate(run.valid_eval)
+                        m.update(valid_loss=v["loss"], valid_acc=v["acc"])
+                genotype = select_magnitude(run.model.arch).genotype
+                record = {"epoch": epoch, **m, "genotype": str(genotype), "alpha": alpha_snapshot(run.model)}
+                begin()
+                log_metrics(out, record)
+                tb_log(out, record, epoch, "search")
+                save_checkpoint(out, {"searcher": searcher.state_dict(), "config": config.to_json()})
+                if on_epoch is not None:
+                    on_epoch(record)
+        except KeyboardInterrupt as e:
+            begin.mark(e)
+            raise
         begin()
         sel = select_magnitude(run.model.arch)
         entry = sel.to_json()

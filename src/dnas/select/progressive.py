@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from ..data.core import derive_seed
 from ..errors import DnasError
 from ..tensorboard import tb_log
-from ..rundir import (CHECKPOINT, CONFIG, changed_settings, does_not_fit, fitting, load_checkpoint,
+from ..rundir import (CHECKPOINT, CONFIG, BeforeFirstWrite, changed_settings, does_not_fit, fitting, load_checkpoint,
                       log_metrics, truncate_metrics)
 from ..schema import check_fields
 from ..spaces import Space
@@ -269,11 +269,8 @@ def run_progressive(run: "SearchRun", ctx: "SelectionContext", decider_factory: 
             truncate_metrics(ctx.run_dir, start_epoch, name=log_name)
     t0 = time.time()
 
-    def drop_old_log() -> None:
-        nonlocal old_log
-        if old_log and ctx.run_dir is not None:
-            truncate_metrics(ctx.run_dir, 0, name=log_name)
-        old_log = False
+    drop_old_log = BeforeFirstWrite(lambda: truncate_metrics(ctx.run_dir, 0, name=log_name),
+                                    pending=old_log and ctx.run_dir is not None)
 
     def save(next_epoch: int, next_unit: int) -> None:
         ctx.save_state({"fingerprint": fingerprint, "search": search, "searcher": searcher.state_dict(),
