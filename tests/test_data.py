@@ -423,6 +423,133 @@ def test_shard_with_garbled_inner_header_is_corrupt(tmp_path):
     assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [0, 1, 2, 3]
 
 
+def _relabel_test_shard(data: Path, label: bytes) -> None:
+    """Rewrite the test shard with its first sample's .cls set to `label` (one digit), as a stored (level 0)
+    gzip with a fixed header time: every such rewrite has the same size, only the bytes differ."""
+    import gzip
+
+    shard = data / "cifar10-test-000000.tar.gz"
+    raw = bytearray(gzip.decompress(shard.read_bytes()))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as tf:
+        cls = next(m for m in tf if m.name.endswith(".cls"))
+    assert cls.size == 1
+    raw[cls.offset_data] = label[0]
+    shard.write_bytes(gzip.compress(bytes(raw), compresslevel=0, mtime=0))
+
+
+def _count_decodes(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = cifar_mod.read_shard
+
+    def counting(name, path):
+        calls.append(path.name)
+        return real(name, path)
+
+    monkeypatch.setattr(cifar_mod, "read_shard", counting)
+    return calls
+
+
+def test_cifar_cache_keyed_by_content_not_mtime(tmp_path, monkeypatch):
+    """New mtimes alone (a re-copied shared folder) reuse the cache; new bytes of the same size under the old
+    mtime rebuild it; each rebuild replaces the folder's superseded entry instead of adding one."""
+    import os
+
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write_shards(data)
+    _relabel_test_shard(data, b"0")
+    decodes = _count_decodes(monkeypatch)
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [0, 1, 2, 3]
+    assert len(load_dataset("cifar10", "train", data_dir=data)) == 10
+    assert len(decodes) == 6
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2
+    # every shard touched: no decode, no new entry
+    for p in data.iterdir():
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**12))
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [0, 1, 2, 3]
+    assert len(load_dataset("cifar10", "train", data_dir=data)) == 10
+    assert len(decodes) == 6 and sorted(p.name for p in cache.iterdir()) == entries
+    # the test shard's bytes changed, same size, mtime set back: the new label is read, the old entry goes
+    shard = data / "cifar10-test-000000.tar.gz"
+    st = shard.stat()
+    _relabel_test_shard(data, b"9")
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert shard.stat().st_size == st.st_size and shard.stat().st_mtime_ns == st.st_mtime_ns
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [9, 1, 2, 3]
+    assert len(decodes) == 7
+    now = sorted(p.name for p in cache.iterdir())
+    assert len(now) == 2 and [n for n in now if "-train-" in n] == [n for n in entries if "-train-" in n]
+    assert [n for n in now if "-test-" in n] != [n for n in entries if "-test-" in n]
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [9, 1, 2, 3]
+    assert len(decodes) == 7
+
+
+def test_cifar_cache_prunes_version1_entries_only(tmp_path):
+    """Version 1's mtime-keyed entries of the split are removed on the next write; other files are kept."""
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    _write_shards(data)
+    cache.mkdir()
+    legacy = cache / "cifar10-test-0123456789abcdef.pt"
+    kept = [cache / "cifar10-train-0123456789abcdef.pt", cache / "cifar100-test-0123456789abcdef.pt",
+            cache / "notes.txt", cache / ".cifar10-test-0123456789abcdef.pt.abc.tmp"]
+    for p in [legacy] + kept:
+        p.write_bytes(b"x")
+    load_dataset("cifar10", "test", data_dir=data)
+    assert not legacy.exists() and all(p.exists() for p in kept)
+    assert len(list(cache.glob("cifar10-test-*.pt"))) == 1
+
+
+def test_cifar_cache_two_folders_keep_their_entries(tmp_path, monkeypatch):
+    """Two shard folders used in turn each keep their entry (no eviction, no decode after the first)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _write_shards(a)
+    _write_shards(b)
+    _relabel_test_shard(b, b"7")
+    decodes = _count_decodes(monkeypatch)
+    for _ in range(2):
+        assert load_dataset("cifar10", "test", data_dir=a).labels.tolist() == [0, 1, 2, 3]
+        assert load_dataset("cifar10", "test", data_dir=b).labels.tolist() == [7, 1, 2, 3]
+    assert len(decodes) == 2 and len(list((tmp_path / "cache").glob("cifar10-test-*.pt"))) == 2
+
+
+def test_cifar_cache_removed_under_a_reader(tmp_path, monkeypatch):
+    """An entry another process removes just before this one loads it is rebuilt, not a crash."""
+    data = tmp_path / "data"
+    _write_shards(data)
+    first = load_dataset("cifar10", "test", data_dir=data)
+    (entry,) = (tmp_path / "cache").glob("cifar10-test-*.pt")
+    real_load = torch.load
+
+    def load_after_removal(path, *a, **k):
+        Path(path).unlink(missing_ok=True)
+        return real_load(path, *a, **k)
+
+    monkeypatch.setattr(cifar_mod.torch, "load", load_after_removal)
+    again = load_dataset("cifar10", "test", data_dir=data)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    monkeypatch.undo()
+    assert entry.stat().st_size > 1000  # written again
+
+
+def test_cifar_cache_not_written_when_shards_change_while_decoding(tmp_path, monkeypatch):
+    """Arrays decoded from bytes that changed after the key was taken are returned but not cached under it."""
+    data = tmp_path / "data"
+    _write_shards(data)
+    _relabel_test_shard(data, b"0")
+    real = cifar_mod.read_shard
+
+    def swapped_midway(name, path):
+        _relabel_test_shard(data, b"5")
+        return real(name, path)
+
+    monkeypatch.setattr(cifar_mod, "read_shard", swapped_midway)
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [5, 1, 2, 3]
+    assert list((tmp_path / "cache").glob("cifar10-test-*.pt")) == []
+    monkeypatch.setattr(cifar_mod, "read_shard", real)
+    assert load_dataset("cifar10", "test", data_dir=data).labels.tolist() == [5, 1, 2, 3]
+    assert len(list((tmp_path / "cache").glob("cifar10-test-*.pt"))) == 1
+
+
 def test_download_cifar_file_url(tmp_path):
     src = tmp_path / "src"
     _write_python_cifar10(src)

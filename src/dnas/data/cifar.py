@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import re
 import shutil
 import tarfile
 import tempfile
@@ -20,9 +21,6 @@ import torch
 from ..errors import DnasError
 from ..io import atomic_torch_save, to_json
 from .files import fetch, file_md5, one_line, resolve_data_dir
-
-_CACHE_VERSION = 1
-
 
 @dataclass(frozen=True)
 class CifarSpec:
@@ -207,17 +205,53 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DNAS_CACHE_DIR") or "~/.cache/dnas").expanduser()
 
 
+# The decoded arrays of a split are cached as {name}-{split}-{source}-{fingerprint}.pt:
+#  - fingerprint: a hash of the shards' names, sizes and full contents (not their mtimes: a shared copy of
+#    the data gets fresh mtimes whenever it is re-copied, and each new mtime used to leave another
+#    ~150 MB file behind). Reading and hashing the ~20 MB of shards takes tens of ms (a second or two from a
+#    cold disk) on every load; decoding them takes ~20 s, and a partial hash could miss an edit.
+#  - source: a hash of the shard folder's absolute path (symlinks not resolved, so a link switched to a new
+#    copy of the data replaces its entry). Writing an entry removes the entries of the same
+#    dataset, split and folder with another fingerprint (their data has changed), so the cache holds at most
+#    one entry per split and folder; entries of other folders are kept, as two folders used in turn would
+#    otherwise evict each other and decode again on every run.
+_CACHE_VERSION = 2
+_LEGACY_CACHE = re.compile(r"-[0-9a-f]{16}\.pt")  # version 1's {name}-{split}-{hash}.pt, keyed by mtimes
+
+
 def _cache_key(name: str, split: str, files: list[Path]) -> str:
-    stats = []
+    # Only the bytes matter: two folders holding the same shards share a key (each keeps its own entry).
+    entries = []
     for p in files:
-        st = p.stat()
-        stats.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
-    return to_json({"v": _CACHE_VERSION, "name": name, "split": split, "files": stats})
+        try:
+            entries.append([p.name, p.stat().st_size, file_md5(p)])
+        except OSError as e:
+            raise DnasError(f"{name}: cannot read shard {p} ({one_line(e)})") from None
+    return to_json({"v": _CACHE_VERSION, "name": name, "split": split, "files": entries})
+
+
+def _cache_path(name: str, split: str, folder: Path, key: str) -> Path:
+    source = hashlib.sha256(os.path.normpath(folder.absolute()).encode()).hexdigest()[:12]
+    return cache_dir() / f"{name}-{split}-{source}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+
+
+def _prune_cache(name: str, split: str, kept: Path) -> None:
+    """Remove what `kept` supersedes: the same split and folder's other entries, and version-1 entries."""
+    prefix = kept.name.rpartition("-")[0]  # {name}-{split}-{source}
+    stale = [p for p in kept.parent.glob(f"{prefix}-*.pt") if p != kept]
+    # Version 1's entries can never be hit again (their key names the version); any folder's may go.
+    stale += [p for p in kept.parent.glob(f"{name}-{split}-*.pt")
+              if _LEGACY_CACHE.fullmatch(p.name[len(f"{name}-{split}"):])]
+    for p in stale:
+        try:
+            p.unlink()
+        except FileNotFoundError:  # another process pruned it first
+            pass
+        except OSError as e:
+            warnings.warn(f"{name}: could not remove stale cache {p} ({one_line(e)})", stacklevel=3)
 
 
 def _load_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-    if not path.is_file():
-        return None
     try:
         d = torch.load(path, map_location="cpu", weights_only=True)
         x, y = d["images"], d["labels"]
@@ -228,31 +262,41 @@ def _load_cache(path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor] | Non
             and y.dtype == torch.int64
             and y.shape == (x.shape[0],)
         )
-    # Any unreadable cache (truncated, garbage, other format) is simply rebuilt.
+    # A missing cache (never written, or just pruned by another process) or an unreadable one (truncated,
+    # garbage, other format) is simply rebuilt.
     except Exception:
         return None
     return (x.contiguous(), y) if ok else None
 
 
 def read_shards(spec: CifarSpec, folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All shards of a split as uint8 N x 3 x 32 x 32 and int64 labels, through the on-disk cache."""
+    """All shards of a split as uint8 N x 3 x 32 x 32 and int64 labels, through the on-disk cache.
+
+    The cache (in `cache_dir()`) is keyed by the shards' contents, so it is rebuilt when they change and
+    not when they are only touched or re-copied; it keeps one entry per split and shard folder (see above).
+    """
     assert spec.shards is not None
     files = [folder / shard_name(spec.name, split, k) for k in range(spec.shards[split])]
     missing = [p.name for p in files if not p.is_file()]
     if missing:
         raise DnasError(f"{spec.name}: missing shard(s) {', '.join(missing)} in {folder}")
     key = _cache_key(spec.name, split, files)
-    cpath = cache_dir() / f"{spec.name}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    cpath = _cache_path(spec.name, split, folder, key)
     cached = _load_cache(cpath, key)
     if cached is not None:
         return cached
     parts = [read_shard(spec.name, p) for p in files]
     x = torch.from_numpy(np.ascontiguousarray(np.concatenate([p[0] for p in parts]).transpose(0, 3, 1, 2)))
     y = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+    # Shards replaced while decoding: these arrays are not what the key describes.
+    if _cache_key(spec.name, split, files) != key:
+        return x, y
     try:
         atomic_torch_save(cpath, {"key": key, "images": x, "labels": y})
     except OSError as e:  # a read-only cache dir should not stop training, only make it slower next time
         warnings.warn(f"{spec.name}: could not write cache {cpath} ({one_line(e)})", stacklevel=2)
+    else:
+        _prune_cache(spec.name, split, cpath)
     return x, y
 
 
