@@ -250,6 +250,25 @@ def test_ranking_resumes_from_appended_records(tiny_run, tmp_path):
     assert all(redo[json.loads(x)["arch"]] == json.loads(x)["supernet_acc"] for x in lines[2:4])  # deterministic
 
 
+def test_a_ranking_that_only_reuses_records_still_records_their_settings(tiny_run, tmp_path, monkeypatch):
+    """Records kept without ranking.settings.json (deleted, or an earlier version's) are reused, and the settings
+    are written then even though nothing new is computed: a later ranking with other settings is refused, not
+    mixed into them."""
+    import dnas.analysis.ranking as R
+    s = RankingSettings(samples=2, table=str(_fake_table(tmp_path, {a: 1.0 for a in ARCHS}, "t.csv")),
+                        bn_batches=1, valid_batches=1, seed=3)
+    rank_run(tiny_run, s, quiet=True, plot=False, force=True)
+    settings = tiny_run / "analysis" / "ranking.settings.json"
+    ident = json.loads(settings.read_text())
+    settings.unlink()
+    monkeypatch.setattr(R, "evaluate_genotype", lambda *a, **k: pytest.fail("a record was not reused"))
+    assert rank_run(tiny_run, s, quiet=True, plot=False)["evaluated"] == 2
+    assert json.loads(settings.read_text()) == ident
+    s.seed = 4
+    with pytest.raises(DnasError, match="was made with other settings"):
+        rank_run(tiny_run, s, quiet=True, plot=False)
+
+
 def test_ranking_records_that_cannot_be_read_are_one_error(tmp_path):
     """Only a torn *last* line is repaired; a bad line before it, or bytes that are not UTF-8, are one
     DnasError naming the file (the last one used to be a UnicodeDecodeError traceback)."""

@@ -746,6 +746,82 @@ def test_trusting_checkpoints_loads_what_is_refused_otherwise(tmp_path, monkeypa
     assert torch_load(legacy)["numpy"][1].dtype == np.uint32
 
 
+@pytest.mark.parametrize("core", ["core", "_core"])
+def test_an_earlier_versions_rng_state_loads_whichever_numpy_wrote_it(tmp_path, core):
+    """numpy < 2.1 pickles its arrays' reconstruction as numpy.core.multiarray._reconstruct, later ones as
+    numpy._core...: an earlier dnas checkpoint written under either loads without DNAS_TRUST_CHECKPOINTS (one
+    written under numpy 1 was refused under numpy 2)."""
+    import zipfile
+
+    import numpy as np
+    import torch
+
+    from dnas.io import torch_load
+    if not torch.__version__ >= (2, 6):
+        pytest.skip("torch < 2.6 cannot allow a global under a second name")
+    written, legacy = tmp_path / "w.pt", tmp_path / "legacy.pt"
+    state = np.random.get_state()
+    torch.save({"numpy": state}, written)
+    with zipfile.ZipFile(written) as src, zipfile.ZipFile(legacy, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename.endswith("data.pkl"):  # protocol 2: GLOBAL names are plain text lines
+                for name in (b"numpy.core.multiarray\n_reconstruct", b"numpy._core.multiarray\n_reconstruct"):
+                    data = data.replace(name, f"numpy.{core}.multiarray\n_reconstruct".encode())
+                assert f"numpy.{core}.multiarray\n_reconstruct".encode() in data
+            dst.writestr(item, data)
+    loaded = torch_load(legacy)["numpy"]
+    assert loaded[1].dtype == np.uint32 and np.array_equal(loaded[1], state[1])
+
+
+def test_rng_state_keeps_numpys_cached_gaussian():
+    """numpy's legacy normal draws come in pairs, the second cached in the state (has_gauss, gauss): the plain
+    data rng_state() saves keeps it, so a resumed run draws the same normal after an odd number of them."""
+    import numpy as np
+
+    from dnas.rundir import rng_state, set_rng_state
+    np.random.seed(0)
+    np.random.standard_normal()  # one of a pair drawn: the other is cached
+    saved = rng_state()
+    assert saved["numpy"][3] == 1
+    first = np.random.standard_normal(3).tolist()
+    set_rng_state(saved)
+    assert np.random.standard_normal(3).tolist() == first
+
+
+@pytest.mark.parametrize("message", [
+    "Unsupported global: GLOBAL posix.system was not an allowed global by default.",  # torch >= 2.4
+    "WeightsUnpickler error: Unsupported class posix.system",  # torch 2.3
+    "Can only build Tensor, Parameter, OrderedDict or types allowlisted via `add_safe_globals`, but got "
+    "<class 'posix.system'>",
+])
+def test_every_supported_torchs_refusal_names_the_object(tmp_path, monkeypatch, message):
+    """torch words a weights_only refusal differently across the supported versions (>= 2.3): each is the
+    one-line refusal naming the object, not "corrupt checkpoint"."""
+    import pickle
+
+    import torch
+
+    from dnas.errors import DnasError
+    from dnas.io import torch_load
+    (tmp_path / "c.pt").write_bytes(b"")
+
+    def refuse(*a, **k):
+        raise pickle.UnpicklingError(f"Weights only load failed. ... {message}")
+    monkeypatch.setattr(torch, "load", refuse)
+    with pytest.raises(DnasError, match=r"c\.pt: refused: it holds posix\.system, which"):
+        torch_load(tmp_path / "c.pt")
+
+
+def test_unknown_settings_are_named_in_order():
+    from dnas.errors import DnasError
+    from dnas.schema import check_settings
+    from dnas.search import SearchConfig
+    with pytest.raises(DnasError) as info:
+        check_settings({"space": "nb201", "zeta": 1, "epochz": 3}, SearchConfig, "c.json")
+    assert str(info.value) == 'c.json: unknown settings "epochz", "zeta"'
+
+
 @pytest.mark.parametrize("kind, finished", [("search", True), ("search", False), ("train", True), ("train", False)])
 def test_an_unknown_key_in_a_resumed_config_is_one_line(tmp_path, capsys, finished_runs, kind, finished):
     """A typo in a hand-edited config.json ("epochz") is refused on --resume of a search or training, finished or

@@ -429,6 +429,16 @@ def test_stride2_grid_keeps_the_layout_forward_and_backward(layout, offset):
     torch.testing.assert_close(gx, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_stride2_grid_of_an_odd_map_is_the_slice_in_the_inputs_layout(layout):
+    from dnas.spaces.ops import stride2_grid
+    x = torch.randn(2, 3, 7, 5, dtype=torch.float64).contiguous(memory_format=layout)
+    for offset in (0, 1):
+        y = stride2_grid(x, offset)
+        torch.testing.assert_close(y, x[:, :, offset::2, offset::2], rtol=0, atol=0)
+        assert y.is_contiguous(memory_format=layout)
+
+
 def test_state_dicts_are_interchangeable():
     _, ref, fast = _pair("darts")
     assert list(fast.state_dict()) == list(ref.state_dict())

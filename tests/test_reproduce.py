@@ -412,9 +412,9 @@ def test_failure_reasons_tell_exit_codes_from_signals(tmp_path):
     assert _failure(tmp_path, "j", -9) == "killed by SIGKILL"
 
 
-def _fake_server(reply: bytes | None):
+def _fake_server(reply: bytes | None, handle=None):
     """A listening socket on a free port that answers a connection's first bytes with ``reply`` (None: never;
-    empty: it hangs up)."""
+    empty: it hangs up), or hands each connection to ``handle``."""
     import socket
     import threading
     server = socket.socket()
@@ -429,7 +429,9 @@ def _fake_server(reply: bytes | None):
             except OSError:  # closed
                 return
             held.append(conn)
-            if reply is not None:
+            if handle is not None:
+                handle(conn)
+            elif reply is not None:
                 conn.recv(64)
                 conn.sendall(reply) if reply else conn.close()
     threading.Thread(target=serve, daemon=True).start()
@@ -459,6 +461,87 @@ def test_a_port_that_answers_but_is_no_ray_cluster_is_refused_within_the_timeout
         with pytest.raises(DnasError, match=f"127.0.0.1:{port} answers, but not as a Ray cluster"):
             _check_reachable(f"ray://127.0.0.1:{port}", timeout=1)
         assert time.time() - t0 < 5
+
+
+SETTINGS_FRAME = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # what a gRPC server answers HTTP/2's opening with
+
+
+def test_a_grpc_reply_that_arrives_in_pieces_is_read_whole():
+    """TCP may deliver the 9-byte frame header in several segments: the probe reads until it has all 9."""
+    import time
+
+    from dnas.reproduce.execute import _check_reachable
+
+    def in_pieces(conn):
+        conn.recv(64)
+        conn.sendall(SETTINGS_FRAME[:2])
+        time.sleep(0.2)
+        conn.sendall(SETTINGS_FRAME[2:])
+    server, port = _fake_server(None, in_pieces)
+    with server:
+        _check_reachable(f"ray://127.0.0.1:{port}", timeout=5)
+
+
+def test_a_port_that_resets_the_connection_is_no_ray_cluster():
+    """A reset (not a timeout) while probing is the same one line, not an OSError from the socket."""
+    import socket
+    import struct
+
+    from dnas.reproduce.execute import _check_reachable
+
+    def reset(conn):
+        conn.recv(64)  # the probe (a reset before it can fail the connect itself: "nothing answers")
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close sends RST
+        conn.close()
+    server, port = _fake_server(None, reset)
+    with server:
+        with pytest.raises(DnasError, match=f"127.0.0.1:{port} answers, but not as a Ray cluster"):
+            _check_reachable(f"ray://127.0.0.1:{port}", timeout=2)
+
+
+@pytest.mark.parametrize("tls", ["1", "True"])
+def test_with_ray_tls_only_the_connect_is_checked(monkeypatch, tls):
+    """A TLS cluster does not answer plain-text HTTP/2: with RAY_USE_TLS set (as Ray reads it, any case) an
+    address that accepts the connection passes at once, and one where nothing answers is still refused."""
+    import time
+
+    from dnas.reproduce.execute import _check_reachable
+    monkeypatch.setenv("RAY_USE_TLS", tls)
+    server, port = _fake_server(None)  # accepts, never answers the probe
+    with server:
+        t0 = time.time()
+        _check_reachable(f"ray://127.0.0.1:{port}", timeout=2)
+        assert time.time() - t0 < 1.5
+    with pytest.raises(DnasError, match="nothing answers at 127.0.0.1:1"):
+        _check_reachable("ray://127.0.0.1:1", timeout=2)
+
+
+def test_a_terminated_worker_records_its_job_interrupted_and_exits_143(tmp_path):
+    """SIGTERM (what a stopped grid sends its local jobs) is a clean stop: status "interrupted" (resumed on the
+    next run) and exit 143, 128 + the signal, as a shell reports it; Ctrl-C's 130 was reported before."""
+    import os
+    import signal
+    import time
+
+    from dnas.reproduce import worker
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / "job.json").write_text(json.dumps({"kind": "zeros"}))
+
+    def terminated(*a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler worker.main installed raises at once
+        raise AssertionError("SIGTERM did not stop the job")
+
+    def no_handler(*a):
+        raise RuntimeError("worker.main installed no SIGTERM handler")
+    previous = signal.signal(signal.SIGTERM, no_handler)
+    try:
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(worker, "run_job", terminated)
+            assert worker.main([str(tmp_path / "j")]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert json.loads((tmp_path / "j" / "status.json").read_text())["state"] == "interrupted"
 
 
 def _worker(monkeypatch, job_dir):

@@ -1130,6 +1130,21 @@ def test_force_keeps_saved_selection_progress_until_the_new_selection_starts(tmp
         refused([], 2, "out of memory")
 
 
+def test_the_first_save_of_a_forced_selection_drops_the_old_tune_log(tmp_path, capsys, interrupted_pt, monkeypatch):
+    """The old tune log goes with the checkpoint it belonged to: a new selection that saved its first decision
+    and then failed in tuning leaves its own checkpoint and none of the old selection's log lines."""
+    from dnas.search.trainer import Searcher
+    run = tmp_path / "run"
+    shutil.copytree(interrupted_pt, run)
+    assert (run / "selections" / "pt.tune.jsonl").read_text()
+    monkeypatch.setattr(Searcher, "train_epoch", lambda *a, **k: (_ for _ in ()).throw(MemoryError()))
+    assert cli_main(["select", str(run), *PT_TINY, "--force"]) == 2
+    capsys.readouterr()
+    state = torch.load(run / "selections" / "pt.ckpt.pt", weights_only=True)
+    assert (state["next_epoch"], len(state["decisions"]), state["tune_log"]) == (0, 1, [])
+    assert (run / "selections" / "pt.tune.jsonl").read_text() == ""
+
+
 def test_a_selection_checkpoint_from_before_tune_rng_resumes_as_it_began(tmp_path, monkeypatch):
     """An interrupted selection saved before the tune_rng option (no tune_rng in its options; its tuning had
     restarted the search's stream) is refused by a default --resume with one line that says how to finish it,

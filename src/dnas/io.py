@@ -118,7 +118,12 @@ def _legacy_globals() -> list[Any]:
         from numpy._core.multiarray import _reconstruct  # numpy >= 2
     except ImportError:
         from numpy.core.multiarray import _reconstruct
-    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    allowed: list[Any] = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    # The file names the reconstruction as the numpy that wrote it did: numpy.core.multiarray before numpy 2.1,
+    # numpy._core.multiarray since. torch >= 2.6 takes (global, name) pairs, so either loads with either numpy.
+    if torch.__version__ >= (2, 6):
+        allowed += [(_reconstruct, f"numpy.{core}.multiarray._reconstruct") for core in ("core", "_core")]
+    return allowed
 
 
 # torch's refusal of an object it may not build names it in one of these forms (torch 2.3 to 2.13)

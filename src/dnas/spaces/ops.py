@@ -89,7 +89,7 @@ def stride2_grid(x: torch.Tensor, offset: int) -> torch.Tensor:
     """
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     n, c, h, w = x.shape
-    if h % 2 or w % 2:
+    if h % 2 or w % 2:  # no 2x2 blocks: sliced, so the gradient comes back NCHW (no network here has odd maps)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         return x[:, :, offset::2, offset::2].contiguous(memory_format=fmt)
     # Picked from 2x2 blocks of a view in x's memory order rather than sliced: slicing's backward writes an
