@@ -34,3 +34,24 @@ def cifar10_dir() -> Path:
     if p is None or not (p / "cifar10-test-000000.tar.gz").exists() and not (p / "cifar-10-batches-py").exists():
         pytest.skip("CIFAR-10 data not available")
     return p
+
+
+@pytest.fixture
+def stop_search_at(monkeypatch):
+    """``stop_search_at(epoch)``: from now on a search stops when it starts training ``epoch`` (fine-tuning
+    inside a selection does not count), with a KeyboardInterrupt as from Ctrl-C, or with whatever ``stop()``
+    does; ``stop_search_at(None)`` lets searches run through again."""
+    from dnas.search import Searcher
+    real = Searcher.train_epoch
+
+    def arm(epoch, stop=None) -> None:
+        def stopping(self, e, *a, **k):
+            if e == epoch and k.get("desc", "search") == "search":
+                if stop is None:
+                    raise KeyboardInterrupt
+                stop()
+            return real(self, e, *a, **k)
+
+        monkeypatch.setattr(Searcher, "train_epoch", real if epoch is None else stopping)
+
+    return arm

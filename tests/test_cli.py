@@ -187,25 +187,16 @@ def test_force_deletes_only_runs_and_only_once_the_new_run_can_start(tmp_path, c
     assert code == 2 and "different kind of run" in err  # train --resume on a search run
 
 
-def test_torn_metrics_line_and_unfinished_or_interrupted_selections(tmp_path, capsys, monkeypatch):
+def test_torn_metrics_line_and_unfinished_or_interrupted_selections(tmp_path, capsys, stop_search_at):
     run = tmp_path / "run"
     args = ["search", "--out", str(run), *[a if a != "1" else "2" for a in TINY]]
-    from dnas.search import Searcher
-
-    real = Searcher.train_epoch
-
-    def dying(self, epoch, *a, **k):
-        if epoch == 1 and k.get("desc", "search") == "search":
-            raise KeyboardInterrupt
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    stop_search_at(1)
     assert run_cli(args, capsys)[0] == 130
     code, _, err = run_cli(["select", str(run), "--method", "ostr"], capsys)
     assert code == 2 and "has not finished" in err  # a selection must not describe a half-trained supernet
     code, _, err = run_cli(["analyze", "ranking", str(run), "--table", str(tmp_path / "t.csv")], capsys)
     assert code == 2 and "has not finished" in err and not (run / "analysis").exists()
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     with open(run / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 1, "train_lo')  # the line an interruption tore
     assert run_cli(args + ["--resume"], capsys)[0] == 0
@@ -504,7 +495,8 @@ def test_force_keeps_the_old_run_until_the_first_epoch_has_run(tmp_path, capsys,
             code_now, _, err = run_cli([*args, "--seed", "1", "--force"], capsys)
         assert code_now == code and files() == before, exc
         if code == 130:  # not "resume with --resume", which would continue the old run (or refuse the new settings)
-            assert err.strip() == f"dnas: interrupted ({out} still holds its old run; run the same command to start over)"
+            assert err.strip() == (f"dnas: interrupted ({out} still holds its old run; run the same command to "
+                                   "start over)")
     assert run_cli([*args, "--seed", "1", "--force"], capsys)[0] == 0
     assert json.loads((out / "config.json").read_text())["seed"] == 1
     assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0]
@@ -1014,27 +1006,20 @@ def test_only_out_of_memory_becomes_the_cli_memory_line(monkeypatch, capsys):
         run_cli(["query", "--space", "nb201", "--arch", NB201_ARCH], capsys)
 
 
-def test_sigterm_stops_like_ctrl_c_with_the_shells_exit_code(tmp_path, capsys, monkeypatch):
+def test_sigterm_stops_like_ctrl_c_with_the_shells_exit_code(tmp_path, capsys, stop_search_at):
     """SIGTERM is the same clean stop as Ctrl-C (state kept, `--resume` continues), and the exit code says which
     signal it was, as a shell reports a process it killed: 143 (128 + 15), not Ctrl-C's 130."""
     import os
     import signal
 
-    from dnas.search import Searcher
     run = tmp_path / "run"
     args = ["search", "--out", str(run), *[a if a != "1" else "2" for a in TINY]]
-    real = Searcher.train_epoch
-
-    def terminated(self, epoch, *a, **k):
-        if epoch == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # the handler main() installs turns it into a clean stop
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", terminated)
+    # The handler main() installs turns the signal into a clean stop.
+    stop_search_at(1, lambda: os.kill(os.getpid(), signal.SIGTERM))
     code, out, err = run_cli(args, capsys)
     assert (code, out) == (143, "") and err.strip() == "dnas: interrupted (resume with --resume)"
     assert signal.getsignal(signal.SIGTERM) is not None  # main() put the previous handler back
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     assert run_cli([*args, "--resume"], capsys)[0] == 0
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1]
 

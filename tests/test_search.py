@@ -186,21 +186,14 @@ def _final_state(out):
 
 
 @pytest.mark.parametrize("mode", ["darts1", "darts2"])
-def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, mode):
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, mode, stop_search_at):
     full = tmp_path / "full"
     run_search(tiny(full, mode=mode, epochs=3), quiet=True)
     cut = tmp_path / "cut"
-    real = Searcher.train_epoch
-
-    def dying(self, epoch, *a, **k):
-        if epoch == 2:
-            raise KeyboardInterrupt  # killed during the third epoch
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    stop_search_at(2)  # killed during the third epoch
     with pytest.raises(KeyboardInterrupt):
         run_search(tiny(cut, mode=mode, epochs=3), quiet=True)
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     run_search(tiny(cut, mode=mode, epochs=3), resume=True, quiet=True)
     (sa, ga), (sb, gb) = _final_state(full), _final_state(cut)
     assert ga == gb
@@ -210,23 +203,16 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, monkeypatch, m
     assert [r["epoch"] for r in lines] == [0, 1, 2]
 
 
-def test_a_checkpoint_of_an_earlier_version_resumes_exactly(tmp_path, monkeypatch):
+def test_a_checkpoint_of_an_earlier_version_resumes_exactly(tmp_path, stop_search_at):
     """Checkpoints written before they held only plain data (numpy's RNG key as an array) still resume, bit for bit;
     the resumed run writes the new form, which torch loads with weights_only=True and nothing allow-listed."""
     import numpy as np
     full, cut = tmp_path / "full", tmp_path / "cut"
     run_search(tiny(full, epochs=3), quiet=True)
-    real = Searcher.train_epoch
-
-    def dying(self, epoch, *a, **k):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    stop_search_at(2)
     with pytest.raises(KeyboardInterrupt):
         run_search(tiny(cut, epochs=3), quiet=True)
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     state = torch.load(cut / "checkpoint.pt", weights_only=False)
     name, key, *rest = state["rng"]["numpy"]
     state["rng"]["numpy"] = (name, np.asarray(key, dtype=np.uint32), *rest)  # as np.random.get_state() gives it
@@ -652,23 +638,16 @@ def test_leaving_an_inner_override_restores_the_outer_one():
     assert torch.equal(arch.weights("cell"), arch.base_weights("cell"))
 
 
-def test_resume_a_run_saved_on_more_gpus_than_this_machine_has(tmp_path, monkeypatch):
+def test_resume_a_run_saved_on_more_gpus_than_this_machine_has(tmp_path, monkeypatch, stop_search_at):
     """A checkpoint from a process that saw 2 GPUs (one CUDA RNG state each) resumes where only 1 is visible
     (another machine, a smaller CUDA_VISIBLE_DEVICES): the states of the GPUs present are restored."""
     import torch.cuda.random as cuda_random
 
     out = tmp_path / "r"
-    real = Searcher.train_epoch
-
-    def dying(self, epoch, *a, **k):
-        if epoch == 1:
-            raise KeyboardInterrupt  # stopped during the second epoch (say, the job's time ran out)
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    stop_search_at(1)  # stopped during the second epoch (say, the job's time ran out)
     with pytest.raises(KeyboardInterrupt):
         run_search(tiny(out, epochs=2), quiet=True)
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     saved = [torch.full((16,), 1, dtype=torch.uint8), torch.full((16,), 2, dtype=torch.uint8)]
     ck["rng"]["cuda"] = saved  # what torch.cuda.get_rng_state_all() gave on the 2-GPU machine

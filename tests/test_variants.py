@@ -316,7 +316,7 @@ def _final(out):
     ("prime", {"activation": "crb", "options": {"reg": "admm", "admm_freq": 2, "prime_dynamic": False,
                                                 "schedfreq": 2}}),
 ])
-def test_every_variant_resumes_bit_for_bit(tmp_path, monkeypatch, mode, kw):
+def test_every_variant_resumes_bit_for_bit(tmp_path, mode, kw, stop_search_at):
     from dnas.search.modes import make_config
 
     full, cut = tmp_path / "full", tmp_path / "cut"
@@ -326,17 +326,10 @@ def test_every_variant_resumes_bit_for_bit(tmp_path, monkeypatch, mode, kw):
         return make_config(mode, **tiny_fields(out, **kw))
 
     run_search(tiny(full, mode=mode, **kw), quiet=True)
-    real = Searcher.train_epoch
-
-    def dying(self, epoch, *a, **k):
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return real(self, epoch, *a, **k)
-
-    monkeypatch.setattr(Searcher, "train_epoch", dying)
+    stop_search_at(1)
     with pytest.raises(KeyboardInterrupt):
         run_search(tiny(cut, mode=mode, **kw), quiet=True)
-    monkeypatch.setattr(Searcher, "train_epoch", real)
+    stop_search_at(None)
     run_search(tiny(cut, mode=mode, **kw), resume=True, quiet=True)
     (a, ga), (b, gb) = _final(full), _final(cut)
     assert ga == gb and a["arch_steps"] == b["arch_steps"] and a["step"] == b["step"]
