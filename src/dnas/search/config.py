@@ -7,6 +7,7 @@ from typing import Any
 
 from ..checks import check_seed, check_sgd, finite_non_negative, finite_positive
 from ..errors import DnasError
+from ..schema import check_settings
 from ..spaces import get_space
 from ..supernet import check_node_bn, check_resolution
 
@@ -53,12 +54,7 @@ class SearchConfig:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "SearchConfig":
-        if not isinstance(d, dict):
-            raise DnasError("a search config must be a JSON object")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise DnasError(f"unknown search settings: {', '.join(sorted(unknown))}")
+        check_settings(d, cls, "a search config")  # a JSON object of its fields, with their types
         d = dict(d)
         if "arch_betas" in d:
             d["arch_betas"] = tuple(d["arch_betas"])
