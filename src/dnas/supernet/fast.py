@@ -12,6 +12,8 @@ Only the cell forward differs; it computes what the per-op loop computes:
   terms are one fused multiply-add, node sums are accumulated in place;
 - DARTS dilated depthwise convs run as plain ones on the 2x2 polyphase components (oneDNN's dilated
   depthwise backward is slow) and 5x5 depthwise weight gradients are four 3x3 ones;
+- on the CPU, training-mode BatchNorm and NB201's 3x3 window sums run through dnas's own kernels for
+  channels-last float32 maps (``native``: built on first use; ATen's where they cannot be built);
 - ops whose mixing weight is exactly 0 and ``none`` are never computed (same rule as the reference, so
   the same BN running statistics are updated and the same gradients exist, ``None`` where it is None).
 

@@ -5,6 +5,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import native
+
 CHANNELS_LAST = torch.channels_last
 # Below this many input elements the rewrites that trade extra copies for faster oneDNN kernels
 # (polyphase dilated convs, the 5x5 depthwise weight gradient) cost more than they save; tests set it to 0.
@@ -31,8 +33,17 @@ def batch_norm(z: torch.Tensor, bn: nn.BatchNorm2d, scale: torch.Tensor | None =
             scale = scale.reshape(1).expand(z.shape[1]).contiguous()  # the CPU kernels index the weight densely
         weight = scale if weight is None else weight * scale
     bias = bn.bias if bn.bias is None or scale is None else bn.bias * scale
-    return F.batch_norm(z, bn.running_mean if track else None, bn.running_var if track else None, weight, bias,
-                        use_batch, factor, bn.eps)
+    mean, var = (bn.running_mean, bn.running_var) if track else (None, None)
+    return _batch_norm(z, mean, var, weight, bias, use_batch, factor, bn.eps)
+
+
+def _batch_norm(z: torch.Tensor, mean: torch.Tensor | None, var: torch.Tensor | None, weight: torch.Tensor | None,
+                bias: torch.Tensor | None, use_batch: bool, factor: float, eps: float) -> torch.Tensor:
+    """``F.batch_norm``; in training, on the CPU maps it handles, through dnas's own kernel (``native``)."""
+    if use_batch and native.applies(z) and all(t is None or (t.dtype == torch.float32 and t.is_contiguous())
+                                               for t in (mean, var)) and native.enabled():
+        return native.batch_norm(z, weight, bias, mean, var, factor, eps)
+    return F.batch_norm(z, mean, var, weight, bias, use_batch, factor, eps)
 
 
 def conv(x: torch.Tensor, layer: nn.Conv2d) -> torch.Tensor:
@@ -137,7 +148,7 @@ def shared_batch_norm(z: torch.Tensor, bns: list[nn.BatchNorm2d]) -> torch.Tenso
                                  factor)
             torch._foreach_lerp_([bn.running_var for bn in rest], [var.to(first.running_var.dtype)] * len(rest),
                                  factor)
-    return F.batch_norm(z, None, None, None, None, True, 0.0, bns[0].eps)
+    return _batch_norm(z, None, None, None, None, True, 0.0, bns[0].eps)
 
 
 class MixingWeights:
@@ -302,7 +313,10 @@ def cat_channels(xs: list[torch.Tensor]) -> torch.Tensor:
 
 
 def sum_pool3x3(x: torch.Tensor) -> torch.Tensor:
-    """Σ over each 3x3 window (zero padding), as a depthwise conv: faster than ``avg_pool2d`` fw + bw."""
+    """Σ over each 3x3 window (zero padding): dnas's kernel where it applies, else a depthwise conv (both
+    faster than ``avg_pool2d`` fw + bw)."""
+    if native.applies(x) and native.enabled():
+        return native.box_sum3x3(x)
     c = x.shape[1]
     return F.conv2d(x, x.new_ones(c, 1, 3, 3), None, 1, 1, 1, c)
 
