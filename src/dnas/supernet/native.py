@@ -47,7 +47,7 @@ def enabled() -> bool:
 def _registered() -> bool:
     """Whether this process already holds the kernels (built by another copy of this module)."""
     try:
-        return hasattr(torch.ops.dnas_native, "bn_forward")
+        return hasattr(torch.ops.dnas_native, "batch_norm")
     except (AttributeError, RuntimeError):
         return False
 
@@ -120,54 +120,10 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-class _BatchNorm(torch.autograd.Function):
-    """Training-mode ``F.batch_norm`` (batch statistics, running-statistics update) through the kernel.
-
-    The backward calls the kernel too; with ``create_graph`` (double backward) it calls ATen's
-    differentiable ``native_batch_norm_backward`` on the same saved statistics instead.
-    """
-
-    @staticmethod
-    def forward(ctx, z, weight, bias, running_mean, running_var, momentum: float, eps: float):
-        y, mean, invstd = torch.ops.dnas_native.bn_forward(z, weight, bias, running_mean, running_var, momentum, eps)
-        ctx.save_for_backward(z, weight, mean, invstd)
-        ctx.eps = eps
-        # Like ATen's nodes: no gradient in (a sum that never reaches the loss), None out, not zeros.
-        ctx.set_materialize_grads(False)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        z, weight, mean, invstd = ctx.saved_tensors
-        need_z, need_w, need_b = ctx.needs_input_grad[:3]
-        if grad is None:
-            return None, None, None, None, None, None, None
-        if torch.is_grad_enabled():  # double backward: ATen's backward has a derivative
-            dz, dw, db = torch.ops.aten.native_batch_norm_backward(
-                grad, z, weight, None, None, mean, invstd, True, ctx.eps, [need_z, need_w, need_b])
-        else:
-            dz, dw, db = torch.ops.dnas_native.bn_backward(grad.contiguous(memory_format=torch.channels_last), z,
-                                                           weight, mean, invstd, need_z, need_w, need_b)
-        return (dz if need_z else None, dw if need_w else None, db if need_b else None, None, None, None, None)
-
-
-class _BoxSum3x3(torch.autograd.Function):
-    """Σ over each 3x3 window, zero padding, stride 1. Its own adjoint: the backward is the same op
-    (through this Function, so double backward works)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.set_materialize_grads(False)
-        return torch.ops.dnas_native.box_sum3x3(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None if grad is None else _BoxSum3x3.apply(grad.contiguous(memory_format=torch.channels_last))
-
-
 def box_sum3x3(x: torch.Tensor) -> torch.Tensor:
-    """3x3 window sums of ``x`` (``applies(x)`` must hold, and ``enabled()``)."""
-    return _BoxSum3x3.apply(x)
+    """3x3 window sums of ``x``, zero padding (``applies(x)`` must hold, and ``enabled()``). The kernel is its
+    own adjoint: the backward runs it again, so double backward works."""
+    return torch.ops.dnas_native.box_sum3x3(x)
 
 
 def batch_norm(z: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -178,4 +134,5 @@ def batch_norm(z: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     def vec(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()
 
-    return _BatchNorm.apply(z, vec(weight), vec(bias), running_mean, running_var, float(momentum), float(eps))
+    return torch.ops.dnas_native.batch_norm(z, vec(weight), vec(bias), running_mean, running_var, float(momentum),
+                                            float(eps))
