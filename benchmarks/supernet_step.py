@@ -52,11 +52,11 @@ from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
 try:
     from dnas.spaces import get_space
-    from dnas.supernet import build_supernet, frozen_weights, weight_parameters
+    from dnas.supernet import build_supernet, frozen_weights, native, weight_parameters
 except ImportError:  # run from a fresh clone without an editable install
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from dnas.spaces import get_space
-    from dnas.supernet import build_supernet, frozen_weights, weight_parameters
+    from dnas.supernet import build_supernet, frozen_weights, native, weight_parameters
 
 IMPL_NAMES = {"dnas": "fast", "dnas-reference": "reference"}
 SPACE_IMPLS = {"nb201": ("dnas", "dnas-reference", "xautodl", "xautodl-shipped"), "darts": ("dnas", "dnas-reference")}
@@ -290,7 +290,8 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
             work[b.impl] = (fwd * args.batch // n, step * args.batch // n)
     ref_work = work.get("dnas-reference") or next(iter(work.values()))
 
-    samples: dict[str, dict[str, list[float]]] = {b.impl: {"w": [], "a": [], "it": [], "conv": []} for b in benches}
+    samples: dict[str, dict[str, list]] = {b.impl: {"w": [], "a": [], "it": [], "conv": [], "native": []}
+                                           for b in benches}
     peak_gpu: dict[str, float] = {}
     peak_rss: dict[str, float] = {}
     matmul: list[float] = []
@@ -320,6 +321,8 @@ def run_space(space: str, args: argparse.Namespace, emit: Callable[[dict], None]
                "utilisation": round(step / it_s / 1e9 / mm, 4),
                "conv_only_ms": round(1e3 * statistics.median(s["conv"]), 1),
                "conv_share": round(statistics.median(s["conv"]) / it_s, 3)}
+        if b.impl.startswith("dnas"):  # whether the fast path's CPU kernels ran (native.status(); per process)
+            row["native_kernels"] = "/".join(sorted(set(s["native"])))
         if args.device.startswith("cuda"):
             row["peak_gpu_mb"] = round(peak_gpu[b.impl], 1)
         row["peak_rss_mb"] = round(peak_rss[b.impl], 1) if b.impl in peak_rss else _memory(b.impl, space, args)
@@ -365,6 +368,7 @@ def _run_in_process(args: argparse.Namespace, benches: list[Bench], samples: dic
     progress.close()
     for b in benches:
         samples[b.impl]["conv"].append(conv_only_seconds(b, train, valid, args.device))
+        samples[b.impl]["native"].append(native.status())
 
 
 def _run_isolated(space: str, args: argparse.Namespace, benches: list[Bench], samples: dict, matmul: list[float],
@@ -392,6 +396,7 @@ def _run_isolated(space: str, args: argparse.Namespace, benches: list[Bench], sa
             s["it"].extend(w + a for w, a in zip(res["w"], res["a"]))
             matmul.extend(res["matmul_gflops"])
             s["conv"].append(res["conv_only"])
+            s["native"].append(res["native_kernels"])
             peak_rss[b.impl] = max(peak_rss.get(b.impl, 0.0), res["peak_rss_mb"])
             if "peak_gpu_mb" in res:
                 peak_gpu[b.impl] = max(peak_gpu.get(b.impl, 0.0), res["peak_gpu_mb"])
@@ -440,7 +445,8 @@ def _worker(args: argparse.Namespace) -> None:
             w_times.append(w)
             a_times.append(a)
             matmul.append(2 * args.matmul_n ** 3 / matmul_seconds(args.matmul_n, args.device, mm_dtype) / 1e9)
-    out = {"w": w_times, "a": a_times, "matmul_gflops": matmul, "peak_rss_mb": peak_rss_mb()}
+    out = {"w": w_times, "a": a_times, "matmul_gflops": matmul, "peak_rss_mb": peak_rss_mb(),
+           "native_kernels": native.status()}
     if args.device.startswith("cuda"):
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(args.device) / 2**20
     out["conv_only"] = conv_only_seconds(b, (xt, yt), (xv, yv), args.device)  # after the peaks are read

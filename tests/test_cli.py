@@ -555,9 +555,13 @@ def test_resume_of_finished_work_changes_nothing(tmp_path, capsys):
     assert run_cli(train, capsys)[0] == 0
     before = {**_files(run), **_files(trained)}
     import torch  # what float32 results also depend on (README, Seeds): recorded with each result
+
+    from dnas.supernet import native
+    kernels = native.status()
+    assert kernels in ("on", "off")  # the search trained the fast supernet on the CPU (this process, so far)
     for d in (run, trained):
-        assert json.loads((d / "result.json").read_text())["environment"] == {"torch": torch.__version__,
-                                                                             "threads": torch.get_num_threads()}
+        assert json.loads((d / "result.json").read_text())["environment"] == {
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "native_kernels": kernels}
     for args, what in ((["search", "--out", str(run), *TINY, "--resume"], "the search"),
                        (["search", "--out", str(run), *TINY, "--select", "ostr", "--resume"], "the search"),
                        (["select", str(run), "--method", "magnitude", "--resume"], "selection magnitude"),

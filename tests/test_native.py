@@ -164,3 +164,18 @@ def test_a_failed_build_warns_once_and_the_fast_path_uses_aten(monkeypatch):
         z = _map(16)
         bn = torch.nn.BatchNorm2d(16, affine=False)
         torch.testing.assert_close(fast_ops.batch_norm(z, bn), F.batch_norm(z, None, None, None, None, True, 0.1, 1e-5))
+
+
+def test_status_says_whether_the_kernels_were_used_without_building_them(monkeypatch):
+    monkeypatch.setattr(native, "_state", {})
+    monkeypatch.setattr(native, "_load", lambda: pytest.fail("status() must not build"))
+    monkeypatch.setenv("DNAS_NATIVE", "1")
+    assert native.status() == "unused"
+    monkeypatch.setenv("DNAS_NATIVE", "0")
+    assert native.status() == "off"
+    assert not native.enabled()  # switched off: not even asked to load
+    monkeypatch.setenv("DNAS_NATIVE", "1")
+    native._state["ok"] = True
+    assert native.status() == "on"
+    native._state["ok"] = False
+    assert native.status() == "unavailable"

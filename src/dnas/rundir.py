@@ -186,8 +186,10 @@ def set_rng_state(state: dict[str, Any], where: Any = "checkpoint") -> None:
 
 def environment() -> dict[str, Any]:
     """What a run's numbers depend on beyond its settings: float32 results differ in the last bits between
-    thread counts and torch builds (README, Seeds), so result.json records both."""
-    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    thread counts, torch builds and dnas's CPU kernels against ATen's (README, Seeds), so result.json records them."""
+    from .supernet import native  # a leaf module (torch only)
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "native_kernels": native.status()}
 
 
 def seed_everything(seed: int) -> None:

@@ -44,6 +44,17 @@ def enabled() -> bool:
     return os.environ.get("DNAS_NATIVE", "1").lower() not in _OFF and available()
 
 
+def status() -> str:
+    """For result.json (float32 sums differ from ATen's in the last bits): ``on`` (the fast path used the
+    kernels), ``off`` (``DNAS_NATIVE=0``), ``unavailable`` (the build failed) or ``unused`` (never asked for:
+    no CPU training forward of the fast path ran in this process). Never builds."""
+    if os.environ.get("DNAS_NATIVE", "1").lower() in _OFF:
+        return "off"
+    if "ok" not in _state:
+        return "unused"
+    return "on" if _state["ok"] else "unavailable"
+
+
 def _registered() -> bool:
     """Whether this process already holds the kernels (built by another copy of this module)."""
     try:
