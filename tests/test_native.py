@@ -116,6 +116,7 @@ def test_applies_only_to_dense_channels_last_float32_cpu_maps_of_compiled_widths
     assert not native.applies(z.double())
     assert not native.applies(_map(17))  # not a compiled width
     assert not native.applies(z[:, :8])  # a channel slice: not dense
+    assert not native.applies(z[:1, :, :1, :1])  # one value per channel: ATen raises its own error
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not native.applies(z)
     assert {4, 16, 32, 64} <= native.WIDTHS
