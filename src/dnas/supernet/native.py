@@ -117,8 +117,8 @@ WIDTHS = frozenset({4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256})
 
 
 def applies(z: torch.Tensor) -> bool:
-    """Whether ``z`` is a map the kernel handles (without building it): a dense channels-last float32 CPU
-    map of a supported width, outside autocast and without a graph for double backward in sight."""
+    """Whether ``z`` is a map the kernels handle (without building them): a dense channels-last float32 CPU
+    map of a compiled width with more than one value per channel, outside CPU autocast."""
     return (z.device.type == "cpu" and z.dtype == torch.float32 and z.dim() == 4 and z.shape[1] in WIDTHS
             and z.numel() > z.shape[1]  # one value per channel: F.batch_norm's own error, not a kernel's NaN
             and z.is_contiguous(memory_format=torch.channels_last)

@@ -1,4 +1,5 @@
-// Training-mode BatchNorm for channels-last float32 CPU tensors with few channels.
+// dnas's CPU kernels for channels-last float32 maps with few channels: training-mode BatchNorm and the
+// 3x3 window sum of NB201's average pool, each with its autograd in C++ (bottom of the file).
 //
 // A channels-last (N, C, H, W) tensor is a (rows, C) matrix with rows = N*H*W. ATen's channels-last
 // kernels loop over rows and vectorise over C; at C = 16 a row is one AVX-512 register, so they spend
@@ -37,8 +38,8 @@ void check_vector(const at::Tensor& v, int64_t c, const char* name) {
               name, " must be a contiguous float32 CPU vector of ", c, " elements");
 }
 
-// Per chunk: float sums of f(row) over its rows into out[chunk * 2C + (0..2C)], where f gives two values per
-// channel. Sum1 / Sum2 are the two per-element contributions.
+// Per chunk of rows: two per-channel float sums into out[chunk * 2C + (0..2C)]; term(r, a1, a2) adds row r's
+// contributions to both.
 template <int64_t C, typename F>
 void chunk_sums(int64_t rows, double* __restrict__ out, F&& term) {
   const int64_t chunks = chunk_count(rows);
