@@ -180,3 +180,25 @@ def test_status_says_whether_the_kernels_were_used_without_building_them(monkeyp
     assert native.status() == "on"
     native._state["ok"] = False
     assert native.status() == "unavailable"
+
+
+def test_the_build_is_named_by_source_and_announced_only_when_it_will_compile(monkeypatch, tmp_path, capsys):
+    from torch.utils import cpp_extension
+
+    tag = native._build_tag()
+    edited = tmp_path / "edited.cpp"
+    edited.write_bytes(native.SOURCE.read_bytes() + b"\n// edited\n")
+    monkeypatch.setattr(native, "SOURCE", edited)
+    assert native._build_tag() != tag  # another source: another cached build, never another checkout's
+
+    loads = []
+    monkeypatch.setattr(cpp_extension, "load", lambda name, *a, **k: loads.append((name, k["build_directory"])))
+    monkeypatch.setattr(native, "_registered", lambda: False)
+    monkeypatch.setenv("DNAS_NATIVE_DIR", str(tmp_path / "ext"))
+    assert native._load()
+    name, build_dir = loads[-1]
+    assert name == f"dnas_native_{native._build_tag()}" and build_dir == str(tmp_path / "ext" / name)
+    assert "building the fast path's CPU kernels" in capsys.readouterr().err
+    (tmp_path / "ext" / name / f"{name}.so").write_bytes(b"")
+    assert native._load()
+    assert capsys.readouterr().err == ""  # already built: loads silently

@@ -70,9 +70,7 @@ def _load() -> bool:
         from torch.utils import cpp_extension
 
         _put_ninja_on_path()
-        # torch keys its build cache by name and source, not by CPU; -march=native makes the build
-        # CPU-specific (without it the unrolled channel loops get SSE2 only), so the name carries the CPU.
-        name = f"dnas_native_{_cpu_tag()}"
+        name = f"dnas_native_{_build_tag()}"
         root = os.environ.get("DNAS_NATIVE_DIR")
         build_dir = str(Path(root) / name) if root else cpp_extension._get_build_directory(name, False)
         Path(build_dir).mkdir(parents=True, exist_ok=True)
@@ -89,15 +87,23 @@ def _load() -> bool:
         return False
 
 
-def _cpu_tag() -> str:
-    """A short fingerprint of this CPU's model and instruction-set flags."""
+def _build_tag() -> str:
+    """A fingerprint of what the build depends on: this CPU's model and flags (``-march=native``: without
+    it the unrolled channel loops get SSE2 only), the torch installation and the source. torch keys its
+    cache by name alone and rebuilds when the source or flags change, so without this two checkouts or
+    venvs sharing ~/.cache would rebuild each other's kernels (~20 s) in turn, and a home folder shared
+    by machines with other CPUs would load code for the wrong instruction set."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
         info = ""
     lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags", "Features", "CPU part"))]
-    text = "\n".join(dict.fromkeys(lines)) or platform.machine() + platform.processor()
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    cpu = "\n".join(dict.fromkeys(lines)) or platform.machine() + platform.processor()
+    digest = hashlib.sha256()
+    for part in (cpu, torch.__version__, str(Path(torch.__file__).resolve())):
+        digest.update(part.encode() + b"\0")
+    digest.update(SOURCE.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _put_ninja_on_path() -> None:
